@@ -1,0 +1,1 @@
+"""Lark grammars of netdef, installed as the package data ``netdef.grammar``."""
