@@ -1,0 +1,4 @@
+"""``python -m netdef`` (also what ``torchrun -m netdef`` runs)."""
+from netdef.cli.main import entry
+
+entry()

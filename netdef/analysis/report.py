@@ -1,0 +1,85 @@
+"""The per-layer report: a rich table for people, a dict for machines."""
+from __future__ import annotations
+
+from typing import Any
+
+from netdef.analysis.counts import HISTORY_BLOBS, human, human_bytes, totals
+from netdef.analysis.net import NetAnalysis
+
+CONVENTION = ("MACs = multiply-accumulates; FLOPs = 2×MACs + bias adds + element-wise ops "
+              "(pool compares/adds, LRN, softmax, activations); memory in float32")
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape) if shape else "scalar"
+
+
+def as_json(analysis: NetAnalysis, solver_type: str = "SGD") -> dict[str, Any]:
+    t = totals(analysis)
+    layers = []
+    for info in analysis.layers:
+        layers.append({
+            "name": info.name, "type": info.type, "bottoms": list(info.bottoms),
+            "tops": list(info.tops), "top_shapes": [list(s) for s in info.top_shapes],
+            "in_place": list(info.in_place),
+            "params": [{"shape": list(p.shape), "lr_mult": p.lr_mult, "decay_mult": p.decay_mult,
+                        "shared_from": list(p.owner) if p.owner else None} for p in info.params],
+            "param_count": info.param_count, "macs": info.counts.macs,
+            "flops": info.counts.flops, "loss_weights": list(info.loss_weights),
+            "need_backward": info.need_backward, "summary": info.defn.summary(info.param),
+        })
+    return {
+        "name": analysis.name, "phase": analysis.phase, "convention": CONVENTION,
+        "inputs": list(analysis.inputs), "outputs": list(analysis.outputs),
+        "blobs": {k: list(v) for k, v in analysis.blobs.items()}, "layers": layers,
+        "totals": {
+            "batch": t.batch, "params": t.params, "macs": t.macs, "flops": t.flops,
+            "macs_per_item": t.macs_per_item,
+            "caffe_memory_required_for_data": t.caffe_data_bytes,
+            "activation_bytes": t.activation_bytes, "param_bytes": t.param_bytes,
+            "grad_bytes": t.grad_bytes, "solver_type": solver_type,
+            "history_bytes": t.history_bytes(solver_type),
+            "history_bytes_by_solver": {s: t.history_bytes(s) for s in HISTORY_BLOBS},
+            "inference_bytes": t.inference_bytes(),
+            "training_bytes": t.training_bytes(solver_type),
+        },
+    }
+
+
+def print_table(analysis: NetAnalysis, solver_type: str = "SGD") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = totals(analysis)
+    console = Console()
+    table = Table(title=f"{analysis.name or 'net'} — phase {analysis.phase}, batch {t.batch}",
+                  caption=CONVENTION, header_style="bold")
+    for col, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("config", "left"),
+                         ("top shape", "left"), ("params", "right"), ("MACs", "right"),
+                         ("memory", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for info in analysis.layers:
+        mem = sum(4 * _prod(s) for s, ip in zip(info.top_shapes, info.in_place) if not ip)
+        shapes = ", ".join(_dims(s) + (" (in-place)" if ip else "")
+                           for s, ip in zip(info.top_shapes, info.in_place))
+        table.add_row(str(info.index), info.name, info.type, info.defn.summary(info.param),
+                      shapes, f"{info.param_count:,}" if info.param_count else "",
+                      human(info.counts.macs) if info.counts.macs else "",
+                      human_bytes(mem) if mem and not info.is_split else "")
+    console.print(table)
+    console.print(f"[bold]params[/bold] {t.params:,} ({human_bytes(t.param_bytes)})   "
+                  f"[bold]MACs[/bold] {human(t.macs)} ({human(t.macs_per_item)}/item)   "
+                  f"[bold]FLOPs[/bold] {human(t.flops)}")
+    console.print(f"[bold]memory[/bold] Caffe 'Memory required for data' "
+                  f"{t.caffe_data_bytes:,} B; activations (no in-place double count) "
+                  f"{human_bytes(t.activation_bytes)}; inference ≈ "
+                  f"{human_bytes(t.inference_bytes())}; training ({solver_type}) ≈ "
+                  f"{human_bytes(t.training_bytes(solver_type))}")
+    console.print(f"outputs: {', '.join(analysis.outputs)}")
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
