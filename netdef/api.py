@@ -85,8 +85,9 @@ def prepare_net(net: NetParameter, *, path: str | None = None, phase: str = "TRA
         except NetdefError as exc:
             from netdef.ir.schema import loc_of
             raise exc.with_loc(loc_of(layer)) from None
-    check_graph(filtered)
-    return LoadedNet(path, net, filtered, state, tuple(warnings), tuple(upgrade_log), tuple(flog))
+    warnings = tuple(warnings) + tuple(check_graph(
+        filtered, lambda l: registry.get(l.type).has_learnable_blobs(l)))
+    return LoadedNet(path, net, filtered, state, warnings, tuple(upgrade_log), tuple(flog))
 
 
 def load_net(path: str | Path | None = None, *, text: str | None = None, phase: str = "TRAIN",

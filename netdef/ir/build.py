@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -172,14 +173,27 @@ def _convert(spec: FieldSpec, kind: str, value: Any, rf: RawField, ctx: BuildCon
         raise _type_error(spec, rf, ctx, "true or false")
     if t in ("float", "double"):
         if kind == "num":
-            return _parse_float(value, spec, rf, ctx)
-        if kind == "ident" and value.lower() in _SPECIAL_FLOATS:
-            return _SPECIAL_FLOATS[value.lower()]
-        raise _type_error(spec, rf, ctx, "a number")
+            v = _parse_float(value, spec, rf, ctx)
+        elif kind == "ident" and value.lower() in _SPECIAL_FLOATS:
+            v = _SPECIAL_FLOATS[value.lower()]
+        else:
+            raise _type_error(spec, rf, ctx, "a number")
+        return to_float32(v) if t == "float" else v
     # integers
     if kind != "num":
         raise _type_error(spec, rf, ctx, "an integer")
     return _parse_int(value, spec, rf, ctx)
+
+
+def to_float32(v: float) -> float:
+    """A ``float`` field holds a float32, as in protobuf (prints and compares like Caffe)."""
+    try:
+        return _F32.unpack(_F32.pack(v))[0]
+    except OverflowError:  # beyond float32's range: protobuf's parser gives ±inf
+        return math.copysign(math.inf, v)
+
+
+_F32 = struct.Struct("<f")
 
 
 def _parse_float(text: str, spec: FieldSpec, rf: RawField, ctx: BuildContext) -> float:

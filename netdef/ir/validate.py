@@ -36,8 +36,15 @@ def check_layer_types(net: NetParameter, is_known: Callable[[str], bool],
                      loc=loc_of(first, "type"), text=first.type, hint=hint)
 
 
-def check_graph(net: NetParameter) -> None:
-    """Names, bottoms and tops as Caffe's ``Net::Init`` checks them."""
+def check_graph(net: NetParameter,
+                has_weights: Callable[[object], bool] = lambda layer: False) -> list[str]:
+    """Names, bottoms and tops as Caffe's ``Net::Init`` checks them; returns warnings.
+
+    Caffe itself accepts duplicate layer names (BVLC's mnist_autoencoder has two
+    ``loss`` layers); they only break weight copying by name, so a duplicate is an
+    error when either layer has weights, a warning otherwise.
+    """
+    warnings: list[str] = []
     seen_layers: dict[str, int] = {}
     producer: dict[str, str] = {}  # blob -> layer that last wrote it
     all_tops: dict[str, str] = {}  # blob -> first producer, for "made later" hints
@@ -46,10 +53,12 @@ def check_graph(net: NetParameter) -> None:
             all_tops.setdefault(t, layer.name)
     for index, layer in enumerate(net.layer):
         if layer.name in seen_layers:
-            raise GraphError(
-                f"duplicate layer name '{layer.name}' (also layer #{seen_layers[layer.name]})",
-                loc=loc_of(layer, "name"), text=layer.name,
-                hint="layer names must be unique: weights are matched by name")
+            other = net.layer[seen_layers[layer.name]]
+            msg = f"duplicate layer name '{layer.name}' (also layer #{seen_layers[layer.name]})"
+            if layer.param or other.param or has_weights(layer) or has_weights(other):
+                raise GraphError(msg, loc=loc_of(layer, "name"), text=layer.name,
+                                 hint="layer names must be unique: weights are matched by name")
+            warnings.append(f"{loc_of(layer, 'name')}: warning: {msg}")
         seen_layers[layer.name] = index
         for i, b in enumerate(layer.bottom):
             if b not in producer:
@@ -78,6 +87,7 @@ def check_graph(net: NetParameter) -> None:
             local.add(t)
         for t in layer.top:
             producer[t] = layer.name
+    return warnings
 
 
 def _close(name: str, candidates: list[str]) -> str | None:

@@ -93,6 +93,29 @@ class LayerDef:
         """Forward MACs/FLOPs (default: none)."""
         return Counts()
 
+    def setup_log(self, layer: "LayerParameter", tops: Sequence[Shape],
+                  ctx: ShapeContext) -> list[str]:
+        """Lines Caffe logs inside this layer's SetUp (data layers), before "Setting up"."""
+        return []
+
+    # --- weights -----------------------------------------------------------------------
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list[Any]:
+        """The FillerParameter initialising each learnable blob (Caffe's per-type choice).
+
+        Default: Caffe's default filler (constant 0) for every blob.
+        """
+        from netdef.ir.messages import FillerParameter
+
+        return [FillerParameter()] * n_blobs
+
+    def has_learnable_blobs(self, layer: "LayerParameter") -> bool:
+        """Whether this layer owns weights (duplicate names are fatal only for those)."""
+        return False
+
+    def learnable(self, layer: "LayerParameter", index: int) -> bool:
+        """False for blobs the solver must not touch (BatchNorm's statistics)."""
+        return True
+
     # --- drawing / reporting -------------------------------------------------------
     def summary(self, layer: "LayerParameter") -> str:
         """A short description of key params (``11×11/4, 96``) for tables and graphs."""
@@ -151,8 +174,11 @@ def by_v1_name(v1_name: str) -> LayerDef | None:
 
 def check_arity(defn: LayerDef, layer: "LayerParameter") -> None:
     """Caffe's ExactNum/Min/MaxBottomBlobs checks, as a ShapeError."""
+    n_tops = len(layer.top)
+    if defn.is_loss:  # Caffe's LossLayer::AutoTopBlobs adds the missing loss top
+        n_tops = max(n_tops, defn.tops[0])
     for what, (lo, hi), n in (("bottom", defn.bottoms, len(layer.bottom)),
-                              ("top", defn.tops, len(layer.top))):
+                              ("top", defn.tops, n_tops)):
         if n < lo or (hi is not None and n > hi):
             want = f"exactly {lo}" if lo == hi else (
                 f"at least {lo}" if hi is None else f"{lo} to {hi}")
