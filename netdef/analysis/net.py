@@ -108,13 +108,24 @@ def format_number(v: float) -> str:
     return "%g" % v
 
 
+# glog keeps at most 29,998 characters of one message including its prefix
+# ("I20261123 04:23:05.888490 19633 net.cpp:53] ", 44 characters with a 5-digit thread
+# id); Caffe's net dump is one message, so big nets are cut there in real logs.
+GLOG_MESSAGE_BUDGET = 29_998 - 44
+
+
+def _glog_message(text: str) -> list[str]:
+    """The lines glog writes for one (possibly truncated) multi-line message."""
+    text = text[:GLOG_MESSAGE_BUDGET]
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+
+
 def analyze(loaded: LoadedNet, ctx: ShapeContext | None = None) -> NetAnalysis:
     """Run Caffe's Net::Init over a loaded net (see module doc)."""
     ctx = ctx or ShapeContext(phase=loaded.state.phase.name, base_dir=loaded.base_dir)
     net = loaded.net
     log: list[str] = list(loaded.filter_log)
-    log.append("Initializing net from parameters: ")
-    log.extend(to_text(net).rstrip("\n").split("\n"))
+    log.extend(_glog_message("Initializing net from parameters: \n" + to_text(net)))
     layers = insert_splits(net)
 
     shapes: dict[str, Shape] = {}
@@ -171,7 +182,7 @@ def analyze(loaded: LoadedNet, ctx: ShapeContext | None = None) -> NetAnalysis:
         if len(top_shapes) != len(tops):
             raise ShapeError(f"layer '{name}' ({layer.type}) makes {len(top_shapes)} tops but "
                              f"{len(tops)} are named", loc=loc_of(layer, "top"))
-        log.extend(defn.setup_log(layer, top_shapes, ctx) if hasattr(defn, "setup_log") else ())
+        log.extend(defn.setup_log(layer, top_shapes, ctx))
         log.append(f"Setting up {name}")
         loss_weights = tuple(defn.loss_weights(layer, len(tops)))
         for t, s, w in zip(tops, top_shapes, loss_weights):
@@ -187,7 +198,7 @@ def analyze(loaded: LoadedNet, ctx: ShapeContext | None = None) -> NetAnalysis:
                              loc=loc_of(layer, "param", len(param_shapes)))
         params = []
         for k, pshape in enumerate(param_shapes):
-            spec = layer.param[k] if k < len(layer.param) else ParamSpec()
+            spec = defn.param_spec(layer, k)
             need_backward |= spec.lr_mult != 0
             params.append(_append_param(layer, k, pshape, spec, param_owner, log))
         for t in tops:

@@ -17,7 +17,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compile": ("compile_cmd", "parse, upgrade, filter and validate a net; print a summary"),
     "fmt": ("fmt_cmd", "print the canonical (upgraded) text of a net or solver"),
     "report": ("report_cmd", "shapes, params, MACs/FLOPs and memory per layer"),
+    "draw": ("draw_cmd", "render the net with Graphviz (svg, png, pdf, dot)"),
     "layers": ("layers_cmd", "list the layer types netdef knows"),
+    "convert-imageset": ("data_cmds", "images (or .npz arrays) -> LMDB/LevelDB of Datums, "
+                                      "like Caffe's convert_imageset"),
+    "compute-image-mean": ("data_cmds", "mean BlobProto of a Datum database, like Caffe's "
+                                        "compute_image_mean"),
+    "make-digits": ("data_cmds", "write scikit-learn's digits as HDF5 + LMDB + mean "
+                                 "(the training fixtures' data)"),
 }
 
 

@@ -108,6 +108,12 @@ class LayerDef:
 
         return [FillerParameter()] * n_blobs
 
+    def param_spec(self, layer: "LayerParameter", index: int) -> Any:
+        """The ParamSpec Caffe uses for learnable blob ``index`` (the file's, or default)."""
+        from netdef.ir.messages import ParamSpec
+
+        return layer.param[index] if index < len(layer.param) else ParamSpec()
+
     def has_learnable_blobs(self, layer: "LayerParameter") -> bool:
         """Whether this layer owns weights (duplicate names are fatal only for those)."""
         return False
