@@ -237,3 +237,12 @@ def test_accuracy(top_k, ignore):
     close(per_class, np.where(seen > 0, hit / np.maximum(seen, 1), 0))
     empty, _ = ops.accuracy(torch.from_numpy(x[:1, :, :1]), torch.tensor([3.0]), ignore_label=3)
     assert float(empty) == 0.0
+
+
+def test_contrastive_legacy_gradcheck():
+    # legacy_version's closed form is the exact derivative (non-legacy adds Caffe's 1e-4)
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    sim = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])
+    assert torch.autograd.gradcheck(lambda u, v: ops.contrastive_loss(u, v, sim, 4.0, True), (a, b))

@@ -27,29 +27,7 @@ VGG16 = NETS / "vgg16.net"
 BVLC_ALEXNET = CAFFE / "models/bvlc_alexnet/deploy.prototxt"
 GOOGLENET = CAFFE / "models/bvlc_googlenet/deploy.prototxt"
 
-# Data layers whose LMDB/HDF5 source is not on disk need their shapes (batch from the file)
-NET_ARGS: dict[str, list[str]] = {
-    "examples/cifar10/cifar10_full_sigmoid_train_test.prototxt": ["data=100,3,32,32"],
-    "examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt": ["data=100,3,32,32"],
-    "examples/cifar10/cifar10_full_train_test.prototxt": ["data=100,3,32,32"],
-    "examples/cifar10/cifar10_quick_train_test.prototxt": ["data=100,3,32,32"],
-    "examples/hdf5_classification/nonlinear_auto_test.prototxt": ["data=10,4", "label=10"],
-    "examples/hdf5_classification/nonlinear_auto_train.prototxt": ["data=10,4", "label=10"],
-    "examples/hdf5_classification/nonlinear_train_val.prototxt": ["data=10,4", "label=10"],
-    "examples/hdf5_classification/train_val.prototxt": ["data=10,4", "label=10"],
-    "examples/mnist/lenet_train_test.prototxt": ["data=64,1,28,28"],
-    "examples/mnist/mnist_autoencoder.prototxt": ["data=100,1,28,28"],
-    "examples/pycaffe/linreg.prototxt": ["loss=1"],  # a Python loss layer: shape unknowable
-    "examples/siamese/mnist_siamese_train_test.prototxt": ["pair_data=64,2,28,28"],
-    "models/bvlc_alexnet/train_val.prototxt": ["data=256,3,227,227"],
-    "models/bvlc_googlenet/train_val.prototxt": ["data=32,3,224,224"],
-    "models/bvlc_reference_caffenet/train_val.prototxt": ["data=256,3,227,227"],
-}
-# the TEST phase of the autoencoder only has data layers for a stage (as its solver's
-# test_state says): without one, Caffe too finds no producer of 'data'
-TEST_ARGS: dict[str, list[str]] = {
-    "examples/mnist/mnist_autoencoder.prototxt": ["--stage", "test-on-test"],
-}
+from conftest import BVLC_NET_SHAPES as NET_ARGS, BVLC_TEST_ARGS as TEST_ARGS  # noqa: E402
 BVLC_NETS = [p for p in bvlc_files() if not is_solver_file(p)]
 
 
