@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report_cmd", "shapes, params, MACs/FLOPs and memory per layer"),
     "draw": ("draw_cmd", "render the net with Graphviz (svg, png, pdf, dot)"),
     "layers": ("layers_cmd", "list the layer types netdef knows"),
+    "train": ("train_cmd", "train from a Caffe solver file (Caffe's `caffe train`)"),
     "convert-imageset": ("data_cmds", "images (or .npz arrays) -> LMDB/LevelDB of Datums, "
                                       "like Caffe's convert_imageset"),
     "compute-image-mean": ("data_cmds", "mean BlobProto of a Datum database, like Caffe's "

@@ -114,7 +114,10 @@ def build(analysis: NetAnalysis, *, fill: bool = True, generator: torch.Generato
         for t, w in zip(info.tops, info.loss_weights):
             if w:
                 loss_weights[t] = float(w)
-    graph.output({o: env[o] for o in analysis.outputs})
+    # the net's outputs, plus loss-weighted tops that other layers consume (the objective)
+    results = {o: env[o] for o in analysis.outputs}
+    results.update({t: env[t] for t in loss_weights if t not in results})
+    graph.output(results)
     module = CaffeNet(root, graph, class_name=_class_name(analysis.name))
     module.netdef_inputs = tuple(inputs)
     module.netdef_outputs = tuple(analysis.outputs)

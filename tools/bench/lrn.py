@@ -8,7 +8,7 @@ k 1.  Forward is timed under ``no_grad``; forward+backward from a fixed random t
 Reported: medians of ``--repeats`` runs after ``--warmup`` runs, the two candidates
 timed alternately, and the speed-up ratios (torch time / ours).  Results go to tools/bench/results/lrn.json.
 
-    python tools/bench/lrn.py [--device cpu|cuda] [--repeats 7] [--warmup 2]
+    python tools/bench/lrn.py [--device cpu|cuda] [--repeats 21] [--warmup 5] [--threads N]
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def _interleaved(fns: dict[str, Callable[[], object]], device: str, repeats: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
