@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from netdef.errors import NetdefError
     from netdef.ir.schema import update
     from netdef.ir.text import to_text
-    from netdef.lowering.weights import load_weights
+    from netdef.lowering.weights import load_file
     from netdef.training.loop import Trainer, pick_device, plot_curve, set_seed
     from netdef.training.nets import compile_solver_nets
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     for net in [train, *tests]:
         for w in weights:
             out.write(f"Finetuning from {w}\n")
-            load_weights(net.module, net.analysis, w)
+            load_file(net.module, w, net_layers=[l.name for l in net.analysis.layers])
     if args.snapshot:
         out.write(f"Resuming from {args.snapshot}\n")
     trainer = Trainer(solver, train, tests, out=out, progress=sys.stderr.isatty())

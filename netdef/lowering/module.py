@@ -153,14 +153,13 @@ def run_layers(module: CaffeNet, analysis: NetAnalysis,
     """
     blobs = dict(inputs)
     out: dict[str, list[torch.Tensor]] = {}
+    children = dict(module.named_children())  # Split layers are not (the graph never calls them)
     for info in analysis.layers:
         if info.defn.is_data:
             out[info.name] = [blobs[t] for t in info.tops]
             continue
-        sub = module.get_submodule(info.name) if info.name in dict(module.named_children()) \
-            else getattr(module, info.name)
         args = [blobs[b] for b in info.bottoms]
-        res = args[0] if info.is_split else sub(*args)
+        res = args[0] if info.is_split else children[info.name](*args)
         tops = [res] * len(info.tops) if info.is_split else (
             list(res) if isinstance(res, (tuple, list)) else [res])
         for t, v in zip(info.tops, tops):

@@ -142,7 +142,7 @@ class Trainer:
                 outputs, loss = self.train.forward()
                 loss.backward()
                 self._batches_read += 1
-                sub_losses.append(float(loss))
+                sub_losses.append(loss.item())
             if self.reduce_grads is not None:
                 self.reduce_grads([q.grad for q in self.params])
             loss_value = iteration_loss(sub_losses)
@@ -240,24 +240,20 @@ class Trainer:
         """``Solver::Snapshot``: weights then solver state, each written atomically."""
         if self.rank != 0:
             return
-        from netdef.io.caffemodel import make_solverstate, write_caffemodel, write_solverstate
-        from netdef.lowering.weights import snapshot_layers
+        from netdef.io.caffemodel import make_solverstate, write_solverstate
+        from netdef.lowering.weights import save
 
         if not has(self.param, "snapshot_prefix"):
             raise SolverError("snapshot_prefix is not set", hint="set snapshot_prefix in the solver")
         Path(self.param.snapshot_prefix).parent.mkdir(parents=True, exist_ok=True)
         hdf5 = self.param.snapshot_format.name == "HDF5"
-        layers, weights = snapshot_layers(self.train.analysis, self.train.module)
         if hdf5:
-            from netdef.io.caffemodel import write_hdf5_weights
-
             model = self.snapshot_filename(".caffemodel.h5")
             self.log(f"Snapshotting to HDF5 file {model}")
-            write_hdf5_weights(model, weights)
         else:
             model = self.snapshot_filename(".caffemodel")
             self.log(f"Snapshotting to binary proto file {model}")
-            write_caffemodel(model, layers, weights)
+        save(self.train.module, model, self.train.analysis, format="hdf5" if hdf5 else "binaryproto")
         history = [h.detach().cpu().numpy() for h in self.solver.history()]
         state = make_solverstate(self.iter, model, history, self.lr.current_step)
         ext = ".solverstate.h5" if hdf5 else ".solverstate"
@@ -281,12 +277,13 @@ class Trainer:
         there, so a resumed run continues exactly like the uninterrupted one.
         """
         from netdef.io.caffemodel import read_solverstate, solverstate_history
-        from netdef.lowering.weights import load_weights
+        from netdef.lowering.weights import load_file
 
         state = read_solverstate(path)
         self.iter = state.iter
         if has(state, "learned_net") and state.learned_net:
-            load_weights(self.train.module, self.train.analysis, state.learned_net)
+            load_file(self.train.module, state.learned_net,
+                      net_layers=[l.name for l in self.train.analysis.layers])
         self.lr.current_step = state.current_step
         self.log("SGDSolver: restoring history")
         self.solver.load_history(solverstate_history(state, path))

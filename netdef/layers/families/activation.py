@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from netdef.layers.families._util import Elementwise, fail, fmt_float, need_bottoms
+from netdef.layers.families.common import TorchModules, filler_or
 from netdef.layers.registry import Counts, Shape, ShapeContext, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,6 +22,20 @@ if TYPE_CHECKING:  # pragma: no cover
 class _Neuron(Elementwise):
     in_place = True
     category = "act"
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        """``(fn, kwargs)``: the torch function computing ``top = fn(bottom, **kwargs)``."""
+        raise NotImplementedError(f"{self.type}: no PyTorch lowering")
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        fn, kwargs = self.function(layer)
+        return _torch.LoweredNeuron(fn, kwargs)
+
+
+def _cf():  # noqa: ANN202
+    from netdef.lowering import functional as CF
+
+    return CF
 
 
 def _nondefault(p, defaults: dict[str, float], names: dict[str, str] | None = None) -> str:
@@ -38,6 +53,14 @@ class ReLU(_Neuron):
 
     def summary(self, layer: "LayerParameter") -> str:
         return _nondefault(layer.relu_param, {"negative_slope": 0.0}, {"negative_slope": "slope"})
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        ns = float(layer.relu_param.negative_slope)
+        if ns == 0.0:
+            import torch.nn.functional as F
+
+            return F.relu, {}
+        return _cf().caffe_relu, {"negative_slope": ns}
 
 
 @register
@@ -62,6 +85,12 @@ class PReLU(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         return "shared" if layer.prelu_param.channel_shared else ""
 
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        return [filler_or(layer.prelu_param, "filler", type="constant", value=0.25)] * n_blobs
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        return _torch.LoweredPReLU(ctx.blobs, layer.prelu_param.channel_shared)
+
 
 @register
 class ELU(_Neuron):
@@ -71,12 +100,20 @@ class ELU(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         return _nondefault(layer.elu_param, {"alpha": 1.0}, {"alpha": "α"})
 
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        return _cf().caffe_elu, {"alpha": float(layer.elu_param.alpha)}
+
 
 @register
 class Sigmoid(_Neuron):
     type = "Sigmoid"
     param_field = "sigmoid_param"
     v1_type = "SIGMOID"
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        import torch
+
+        return torch.sigmoid, {}
 
 
 @register
@@ -85,11 +122,21 @@ class TanH(_Neuron):
     param_field = "tanh_param"
     v1_type = "TANH"
 
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        import torch
+
+        return torch.tanh, {}
+
 
 @register
 class AbsVal(_Neuron):
     type = "AbsVal"
     v1_type = "ABSVAL"
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        import torch
+
+        return torch.abs, {}
 
 
 @register
@@ -98,6 +145,9 @@ class BNLL(_Neuron):
 
     type = "BNLL"
     v1_type = "BNLL"
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        return _cf().caffe_bnll, {}
 
 
 @register
@@ -111,6 +161,11 @@ class Power(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         return _nondefault(layer.power_param, {"power": 1.0, "scale": 1.0, "shift": 0.0})
 
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        p = layer.power_param
+        return _cf().caffe_power, {"power": float(p.power), "scale": float(p.scale),
+                                   "shift": float(p.shift)}
+
 
 @register
 class Exp(_Neuron):
@@ -123,6 +178,14 @@ class Exp(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         return _nondefault(layer.exp_param, {"base": -1.0, "scale": 1.0, "shift": 0.0})
 
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        p = layer.exp_param
+        if p.base != -1.0 and p.base <= 0:
+            raise fail(layer, f"base must be strictly positive (or -1 for e), got {p.base:g}",
+                       field="exp_param")
+        return _cf().caffe_exp, {"base": float(p.base), "scale": float(p.scale),
+                                 "shift": float(p.shift)}
+
 
 @register
 class Log(_Neuron):
@@ -133,6 +196,14 @@ class Log(_Neuron):
 
     def summary(self, layer: "LayerParameter") -> str:
         return _nondefault(layer.log_param, {"base": -1.0, "scale": 1.0, "shift": 0.0})
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        p = layer.log_param
+        if p.base != -1.0 and p.base <= 0:
+            raise fail(layer, f"base must be strictly positive (or -1 for e), got {p.base:g}",
+                       field="log_param")
+        return _cf().caffe_log, {"base": float(p.base), "scale": float(p.scale),
+                                 "shift": float(p.shift)}
 
 
 @register
@@ -146,6 +217,9 @@ class Threshold(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         return f"> {fmt_float(layer.threshold_param.threshold)}"
 
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        return _cf().caffe_threshold, {"threshold": float(layer.threshold_param.threshold)}
+
 
 @register
 class Swish(_Neuron):
@@ -157,6 +231,9 @@ class Swish(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         return _nondefault(layer.swish_param, {"beta": 1.0}, {"beta": "β"})
 
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        return _cf().caffe_swish, {"beta": float(layer.swish_param.beta)}
+
 
 @register
 class Clip(_Neuron):
@@ -166,6 +243,10 @@ class Clip(_Neuron):
     def summary(self, layer: "LayerParameter") -> str:
         p = layer.clip_param
         return f"[{fmt_float(p.min)}, {fmt_float(p.max)}]"
+
+    def function(self, layer: "LayerParameter"):  # noqa: ANN201
+        p = layer.clip_param
+        return _cf().caffe_clip, {"min": float(p.min), "max": float(p.max)}
 
 
 @register
@@ -184,3 +265,66 @@ class Dropout(Elementwise):
 
     def summary(self, layer: "LayerParameter") -> str:
         return fmt_float(layer.dropout_param.dropout_ratio)
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        ratio = float(layer.dropout_param.dropout_ratio)
+        if not 0.0 <= ratio < 1.0:
+            raise fail(layer, f"dropout_ratio must be in [0, 1), got {ratio:g}",
+                       field="dropout_param")
+        return _torch.LoweredDropout(ratio)
+
+
+# --------------------------------------------------------------------------- torch modules
+def _define() -> list[type]:
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+
+    class LoweredNeuron(LayerModule):
+        """``top = fn(bottom, **kwargs)``; never writes into the bottom (in-place Caffe
+        layers get their semantics from the builder rebinding the blob)."""
+
+        def __init__(self, fn, kwargs: dict) -> None:  # noqa: ANN001
+            super().__init__()
+            self.fn, self.kwargs = fn, dict(kwargs)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return self.fn(x, **self.kwargs)
+
+        def extra_repr(self) -> str:
+            args = "".join(f", {k}={v:g}" for k, v in self.kwargs.items())
+            return getattr(self.fn, "__name__", repr(self.fn)) + args
+
+    class LoweredPReLU(LayerModule):
+        """Learned slope for ``x <= 0``: per channel (axis 1) or one shared 0-D blob."""
+
+        def __init__(self, blobs, channel_shared: bool) -> None:  # noqa: ANN001
+            super().__init__(blobs)
+            self.channel_shared = channel_shared
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return CF.caffe_prelu(x, self.blob(0), self.channel_shared)
+
+    class LoweredDropout(LayerModule):
+        """TRAIN (``self.training``): keep with probability ``1 - ratio``, scale kept units
+        by ``1/(1 - ratio)``; TEST: the identity."""
+
+        def __init__(self, ratio: float) -> None:
+            super().__init__()
+            self.ratio = ratio
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            if not self.training:
+                return x
+            return CF.caffe_dropout(x, self.ratio, training=True)
+
+        def extra_repr(self) -> str:
+            return f"ratio={self.ratio:g}"
+
+    return [LoweredNeuron, LoweredPReLU, LoweredDropout]
+
+
+_torch = TorchModules(__name__, _define)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the Lowered* classes load torch lazily
+    return _torch.module_getattr(name)

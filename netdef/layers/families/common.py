@@ -23,6 +23,66 @@ if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
 
 
+# --------------------------------------------------------------------------- lowering support
+class TorchModules:
+    """The ``nn.Module`` classes of one family file, defined on first use.
+
+    Importing the registry must not import torch (``compile``/``report``/``draw`` never
+    need it), so each family file puts its lowered-layer classes in a ``_define()``
+    function.  The first attribute access runs it; the classes are then published as
+    attributes of the family module (``__module__``/``__qualname__`` fixed up), so that
+    pickling a built net finds them by name — the file's module-level ``__getattr__``
+    (PEP 562) forwards here, which also makes a fresh process able to unpickle.
+    """
+
+    def __init__(self, module_name: str, define) -> None:  # noqa: ANN001
+        self._module_name = module_name
+        self._define = define
+        self._classes: dict[str, type] | None = None
+
+    def _load(self) -> dict[str, type]:
+        if self._classes is None:
+            import sys
+
+            mod = sys.modules[self._module_name]
+            classes = {}
+            for cls in self._define():
+                cls.__module__ = self._module_name
+                cls.__qualname__ = cls.__name__
+                setattr(mod, cls.__name__, cls)
+                classes[cls.__name__] = cls
+            self._classes = classes
+        return self._classes
+
+    def __getattr__(self, name: str) -> type:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._load()[name]
+        except KeyError:
+            raise AttributeError(f"{self._module_name} defines no lowered module {name!r}") from None
+
+    def module_getattr(self, name: str) -> type:
+        """For the family module's ``__getattr__``: only ``Lowered*`` names are lazy."""
+        if name.startswith("Lowered"):
+            return getattr(self, name)
+        raise AttributeError(f"module {self._module_name!r} has no attribute {name!r}")
+
+
+def filler_or(p, field: str, **default):  # noqa: ANN001
+    """``p.<field>`` when the file sets it, else a FillerParameter made of ``default``
+    (Caffe's ``if (has_filler()) ... else { set_type("constant"); set_value(v); }``)."""
+    from netdef.ir.messages import FillerParameter
+    from netdef.ir.schema import make
+
+    return getattr(p, field) if has(p, field) else make(FillerParameter, **default)
+
+
+def weight_bias_fillers(p, n_blobs: int) -> list:  # noqa: ANN001
+    """Convolution/Deconvolution/InnerProduct/Embed: ``weight_filler`` then ``bias_filler``."""
+    return [p.weight_filler, p.bias_filler][:n_blobs]
+
+
 @register
 class InnerProduct(LayerDef):
     """Fully connected: flattens dims from ``axis`` (K) into num_output (N)."""
@@ -66,6 +126,14 @@ class InnerProduct(LayerDef):
             text += f", axis {p.axis}"
         return text + (", T" if p.transpose else "")
 
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        return weight_bias_fillers(layer.inner_product_param, n_blobs)
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.inner_product_param
+        axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0])
+        return _torch.LoweredInnerProduct(ctx.blobs, axis, p.transpose)
+
 
 @register
 class Embed(LayerDef):
@@ -102,6 +170,12 @@ class Embed(LayerDef):
         p = layer.embed_param
         return f"{p.input_dim}→{p.num_output}"
 
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        return weight_bias_fillers(layer.embed_param, n_blobs)
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        return _torch.LoweredEmbed(ctx.blobs)
+
 
 @register
 class Softmax(Elementwise):
@@ -120,6 +194,10 @@ class Softmax(Elementwise):
     def summary(self, layer: "LayerParameter") -> str:
         axis = layer.softmax_param.axis
         return "" if axis == 1 else f"axis {axis}"
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        axis = canonical_axis(layer, layer.softmax_param.axis, ctx.info.bottom_shapes[0])
+        return _torch.LoweredSoftmax(axis)
 
 
 @register
@@ -164,6 +242,10 @@ class Eltwise(LayerDef):
             text += " " + ",".join(f"{c:g}" for c in p.coeff)
         return text
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.eltwise_param
+        return _torch.LoweredEltwise(p.operation.name, tuple(float(c) for c in p.coeff))
+
 
 @register
 class Reduction(LayerDef):
@@ -189,6 +271,11 @@ class Reduction(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         p = layer.reduction_param
         return p.operation.name + (f", axis {p.axis}" if p.axis else "")
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.reduction_param
+        axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0])
+        return _torch.LoweredReduction(p.operation.name, axis, float(p.coeff))
 
 
 @register
@@ -231,3 +318,128 @@ class ArgMax(LayerDef):
         p = layer.argmax_param
         text = f"top {p.top_k}" + (", values" if p.out_max_val else "")
         return text + (f", axis {p.axis}" if has(p, "axis") else "")
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.argmax_param
+        axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0]) if has(p, "axis") else None
+        return _torch.LoweredArgMax(p.top_k, p.out_max_val, axis)
+
+
+# --------------------------------------------------------------------------- torch modules
+def _define() -> list[type]:
+    import torch
+    import torch.nn.functional as F
+
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+
+    class LoweredInnerProduct(LayerModule):
+        """Flatten from ``axis`` (C-order), then ``x·Wᵀ + b`` (``x·W`` with ``transpose``)."""
+
+        def __init__(self, blobs, axis: int, transpose: bool) -> None:  # noqa: ANN001
+            super().__init__(blobs)
+            self.axis, self.transpose = axis, transpose
+            self.bias_term = len(blobs) > 1
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            x = x.flatten(self.axis)
+            bias = self.blob(1) if self.bias_term else None
+            if self.transpose:
+                y = torch.matmul(x, self.blob(0))
+                return y if bias is None else y + bias
+            return F.linear(x, self.blob(0), bias)
+
+        def extra_repr(self) -> str:
+            return f"axis={self.axis}, transpose={self.transpose}, bias={self.bias_term}"
+
+    class LoweredEmbed(LayerModule):
+        """Rows of the (input_dim, num_output) table at the (float, truncated) indices."""
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return CF.embed(x, self.blob(0), self.blob(1) if self.num_blobs > 1 else None)
+
+    class LoweredSoftmax(LayerModule):
+        def __init__(self, axis: int) -> None:
+            super().__init__()
+            self.axis = axis
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return torch.softmax(x, self.axis)
+
+        def extra_repr(self) -> str:
+            return f"axis={self.axis}"
+
+    class LoweredEltwise(LayerModule):
+        """SUM (``Σ cᵢ·xᵢ`` in bottom order, Caffe's axpy chain), PROD, MAX.
+
+        MAX follows Caffe's tie rule (bottom 0 wins over 1 only when strictly larger, later
+        bottoms only when strictly larger than the running max) with ``torch.where``, so
+        the gradient goes to the selected bottom only, and no data-dependent indexing
+        stops ``torch.export``."""
+
+        def __init__(self, operation: str, coeffs: tuple[float, ...]) -> None:
+            super().__init__()
+            if operation not in ("SUM", "PROD", "MAX"):
+                raise NotImplementedError(f"Eltwise operation {operation}")
+            if coeffs and operation != "SUM":
+                raise ValueError("Eltwise coefficients are only for SUM")
+            self.operation = operation
+            self.coeffs = coeffs if coeffs and any(c != 1.0 for c in coeffs) else ()
+
+        def forward(self, *xs):  # noqa: ANN002, ANN201
+            if self.operation == "SUM":
+                if not self.coeffs:
+                    out = xs[0] + xs[1]
+                    for x in xs[2:]:
+                        out = out + x
+                    return out
+                out = xs[0] * self.coeffs[0]
+                for x, c in zip(xs[1:], self.coeffs[1:]):
+                    out = out + (x if c == 1.0 else x * c)
+                return out
+            if self.operation == "PROD":
+                out = xs[0] * xs[1]
+                for x in xs[2:]:
+                    out = out * x
+                return out
+            out = torch.where(xs[0] > xs[1], xs[0], xs[1])
+            for x in xs[2:]:
+                out = torch.where(x > out, x, out)
+            return out
+
+        def extra_repr(self) -> str:
+            return self.operation + (f", coeffs={self.coeffs}" if self.coeffs else "")
+
+    class LoweredReduction(LayerModule):
+        def __init__(self, operation: str, axis: int, coeff: float) -> None:
+            super().__init__()
+            self.operation, self.axis, self.coeff = operation, axis, coeff
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return CF.reduction(x, self.operation, self.axis, self.coeff)
+
+        def extra_repr(self) -> str:
+            return f"{self.operation}, axis={self.axis}, coeff={self.coeff:g}"
+
+    class LoweredArgMax(LayerModule):
+        """Indices (as floats) of the top-k values; no gradient (Caffe has no Backward)."""
+
+        def __init__(self, top_k: int, out_max_val: bool, axis: int | None) -> None:
+            super().__init__()
+            self.top_k, self.out_max_val, self.axis = top_k, out_max_val, axis
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return CF.argmax(x, self.top_k, self.out_max_val, self.axis)
+
+        def extra_repr(self) -> str:
+            return f"top_k={self.top_k}, out_max_val={self.out_max_val}, axis={self.axis}"
+
+    return [LoweredInnerProduct, LoweredEmbed, LoweredSoftmax, LoweredEltwise,
+            LoweredReduction, LoweredArgMax]
+
+
+_torch = TorchModules(__name__, _define)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the Lowered* classes load torch lazily
+    return _torch.module_getattr(name)

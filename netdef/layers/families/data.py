@@ -12,12 +12,19 @@ Where a shape comes from, in order:
 
 ``ctx.batch`` (``--batch``) then replaces the batch (first) dim of every top.
 Label tops are ``(batch,)`` like Caffe's. These layers do no arithmetic (0 FLOPs).
+
+Lowering: data layers are *not* lowered.  The builder turns each of their tops into an
+input of the lowered net (``forward(data=..., label=...)``); reading LMDBs, image lists
+or HDF5 files and transforming the data is the job of the training/data pipeline, not
+of the module.  Calling :meth:`lower` on one says so.  HDF5Output is no data layer (it
+consumes blobs): it lowers to a module that writes its bottoms to its HDF5 file on every
+forward (see :class:`HDF5Output`).
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import fail
 from netdef.layers.registry import LayerDef, Shape, ShapeContext, register
@@ -87,6 +94,18 @@ class _Data(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         p = getattr(layer, self.param_field) if self.param_field else None
         return f"batch {p.batch_size}" if p is not None and hasattr(p, "batch_size") else ""
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        """Data layers have no module: their tops are the lowered net's inputs."""
+        from netdef.errors import NetdefError
+        from netdef.ir.schema import loc_of
+
+        tops = ", ".join(layer.top) or "its tops"
+        raise NetdefError(f"layer '{layer.name}' ({layer.type}) is a data layer and is not "
+                          f"lowered: {tops} are inputs of the lowered net",
+                          loc=loc_of(layer),
+                          hint="pass them by name: net(**{top: tensor}); "
+                               "netdef.lowering.module.build does this for you")
 
 
 # --- LMDB Datum ---------------------------------------------------------------------
@@ -283,7 +302,17 @@ class HDF5Data(_Data):
 
 @register
 class HDF5Output(LayerDef):
-    """Writes its two bottoms (data, label) to an HDF5 file; no tops."""
+    """Writes its two bottoms (data, label) to an HDF5 file; no tops.
+
+    Lowered: every forward appends the batch to the datasets ``data`` and ``label`` of
+    ``hdf5_output_param.file_name`` (relative to the working directory, as Caffe opens
+    it).  The file is created (truncated) by the module's first forward — Caffe creates it
+    at net init — and closed after each write so it can be read at once.  Rows are stored
+    the way Caffe's ``HDF5OutputLayer`` stores them: float32, reshaped to the legacy 4-D
+    (num, channels, height, width) (a label (N,) is written as (N, 1, 1, 1)); blobs with
+    more than 4 axes keep their shape.  Caffe writes one dataset per forward and fails
+    on the second; appending is netdef's extension.  No gradient flows back (as in Caffe).
+    """
 
     type = "HDF5Output"
     param_field = "hdf5_output_param"
@@ -298,6 +327,17 @@ class HDF5Output(LayerDef):
 
     def summary(self, layer: "LayerParameter") -> str:
         return layer.hdf5_output_param.file_name
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        from netdef.errors import NetdefError
+        from netdef.ir.schema import loc_of
+
+        name = layer.hdf5_output_param.file_name
+        if not name:
+            raise NetdefError(f"layer '{layer.name}' (HDF5Output): no output file",
+                              loc=loc_of(layer),
+                              hint='set hdf5_output_param { file_name: "out.h5" }')
+        return _define()["HDF5OutputModule"](name)
 
 
 @register
@@ -384,3 +424,77 @@ class WindowData(_Data):
             return int(words[3])
         except Exception:
             return 3  # R-CNN window files list colour images
+
+
+# --- lowering (torch imported on first use; classes reachable for pickle, PEP 562) -------
+
+_LOWERED = ("HDF5OutputModule",)
+_CLASSES: dict[str, type] = {}
+
+
+def _legacy4(shape: Sequence[int]) -> tuple[int, ...]:
+    """Caffe's ``Blob::LegacyShape`` view (num, channels, height, width); N-D beyond 4 axes."""
+    dims = tuple(int(d) for d in shape)
+    return dims + (1,) * (4 - len(dims)) if len(dims) <= 4 else dims
+
+
+def _define() -> dict[str, type]:
+    if _CLASSES:
+        return _CLASSES
+    import numpy as np
+    import torch
+
+    from netdef.errors import DataError
+    from netdef.lowering.module import LayerModule
+
+    class HDF5OutputModule(LayerModule):
+        """Appends ``data`` and ``label`` rows to an HDF5 file on each forward."""
+
+        def __init__(self, file_name: str) -> None:
+            super().__init__()
+            self.file_name = file_name
+            self.created = False  # the first forward truncates the file
+
+        def forward(self, data: torch.Tensor, label: torch.Tensor) -> tuple:
+            import h5py
+
+            if data.shape[0] != label.shape[0]:
+                raise DataError(f"HDF5Output: data and label must have the same batch size, "
+                                f"got {tuple(data.shape)} and {tuple(label.shape)}")
+            arrays = {}
+            for key, t in (("data", data), ("label", label)):
+                a = t.detach().to("cpu", torch.float32).numpy()
+                arrays[key] = np.ascontiguousarray(a.reshape(_legacy4(a.shape)))
+            try:
+                with h5py.File(self.file_name, "a" if self.created else "w") as f:
+                    for key, a in arrays.items():
+                        if key not in f:
+                            f.create_dataset(key, data=a, maxshape=(None,) + a.shape[1:],
+                                             chunks=True)
+                            continue
+                        ds = f[key]
+                        if ds.shape[1:] != a.shape[1:]:
+                            raise DataError(f"HDF5Output '{self.file_name}': {key} rows "
+                                            f"{a.shape[1:]} differ from the earlier "
+                                            f"{ds.shape[1:]}")
+                        n = ds.shape[0]
+                        ds.resize(n + a.shape[0], axis=0)
+                        ds[n:] = a
+            except OSError as e:
+                raise DataError(f"cannot write HDF5 file '{self.file_name}': {e}") from None
+            self.created = True
+            return ()
+
+        def extra_repr(self) -> str:
+            return f"file_name={self.file_name!r}"
+
+    HDF5OutputModule.__module__ = __name__
+    HDF5OutputModule.__qualname__ = "HDF5OutputModule"
+    _CLASSES["HDF5OutputModule"] = HDF5OutputModule
+    return _CLASSES
+
+
+def __getattr__(name: str):  # PEP 562: pickle finds the lazily defined classes here
+    if name in _LOWERED:
+        return _define()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

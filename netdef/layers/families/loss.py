@@ -15,7 +15,7 @@ MultinomialLogisticLoss 1 per label; Accuracy 1 compare per element.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import canonical_axis, count, fail, need_bottoms
 from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
@@ -83,6 +83,11 @@ class SoftmaxWithLoss(_Loss):
         _check_labels(layer, bottoms[0], bottoms[1], layer.softmax_param.axis)
         return [()] + ([tuple(bottoms[0])] if len(layer.top) > 1 else [])
 
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        return _define()["SoftmaxWithLossModule"](
+            layer.softmax_param.axis, ignore_label(layer), normalization_mode(layer, "VALID"),
+            _n_tops(layer))
+
 
 @register
 class EuclideanLoss(_Loss):
@@ -99,6 +104,9 @@ class EuclideanLoss(_Loss):
             raise fail(layer, f"inputs must have the same dimension: {tuple(bottoms[0])} vs "
                               f"{tuple(bottoms[1])}")
 
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        return _define()["EuclideanLossModule"]()
+
 
 @register
 class HingeLoss(_Loss):
@@ -109,6 +117,9 @@ class HingeLoss(_Loss):
 
     def summary(self, layer: "LayerParameter") -> str:
         return layer.hinge_loss_param.norm.name
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        return _define()["HingeLossModule"](layer.hinge_loss_param.norm.name)
 
 
 @register
@@ -131,6 +142,38 @@ class InfogainLoss(_Loss):
             raise fail(layer, f"infogain matrix {tuple(bottoms[2])} must be {labels}×{labels}")
         return [()] + ([tuple(bottoms[0])] if len(layer.top) > 1 else [])
 
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        """H comes from bottom 2 when given, else from the ``source`` BlobProto (read now,
+        like Caffe's LayerSetUp; relative paths: cwd first, then the net file's folder)."""
+        import numpy as np
+        import torch
+
+        from netdef.errors import NetdefError
+        from netdef.ir.schema import loc_of
+
+        p = layer.infogain_loss_param
+        h = None
+        if len(layer.bottom) < 3:
+            if not p.source:
+                raise NetdefError(f"layer '{layer.name}' (InfogainLoss): the infogain matrix "
+                                  "source must be specified", loc=loc_of(layer),
+                                  hint='set infogain_loss_param { source: "H.binaryproto" } '
+                                       "or give H as a third bottom")
+            from netdef.io.blobs import read_blobproto
+            arr = read_blobproto(_find_source(layer, p.source))
+            info = getattr(ctx, "info", None)
+            if info is not None:  # Caffe's Reshape check: H is num_labels × num_labels
+                pred = info.bottom_shapes[0]
+                labels = pred[canonical_axis(layer, p.axis, pred)]
+                if arr.size != labels * labels:
+                    raise NetdefError(f"layer '{layer.name}' (InfogainLoss): the infogain "
+                                      f"matrix in '{p.source}' has shape {arr.shape}, "
+                                      f"need {labels}×{labels}", loc=loc_of(layer))
+            h = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        return _define()["InfogainLossModule"](p.axis, ignore_label(layer),
+                                              normalization_mode(layer, "VALID"), h,
+                                              _n_tops(layer))
+
 
 @register
 class MultinomialLogisticLoss(_Loss):
@@ -146,6 +189,9 @@ class MultinomialLogisticLoss(_Loss):
             raise fail(layer, f"label {tuple(bottoms[1])} must hold one value per item "
                               "(N, 1, 1, 1)")
 
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        return _define()["MultinomialLogisticLossModule"]()
+
 
 @register
 class SigmoidCrossEntropyLoss(_Loss):
@@ -158,6 +204,10 @@ class SigmoidCrossEntropyLoss(_Loss):
         if count(bottoms[0]) != count(bottoms[1]):
             raise fail(layer, f"inputs must have the same count: {tuple(bottoms[0])} vs "
                               f"{tuple(bottoms[1])}")
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        return _define()["SigmoidCrossEntropyLossModule"](
+            ignore_label(layer), normalization_mode(layer, "BATCH_SIZE"))
 
 
 @register
@@ -187,6 +237,10 @@ class ContrastiveLoss(_Loss):
                tops: Sequence[Shape]) -> Counts:
         return Counts(0, 3 * count(bottoms[0]) + 3 * count(bottoms[2]))
 
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        p = layer.contrastive_loss_param
+        return _define()["ContrastiveLossModule"](float(p.margin), bool(p.legacy_version))
+
 
 @register
 class Accuracy(LayerDef):
@@ -215,3 +269,194 @@ class Accuracy(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         k = layer.accuracy_param.top_k
         return f"top-{k}" if k != 1 else ""
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        from netdef.ir.schema import has
+
+        p = layer.accuracy_param
+        ignore = int(p.ignore_label) if has(p, "ignore_label") else None
+        return _define()["AccuracyModule"](int(p.top_k), int(p.axis), ignore, _n_tops(layer))
+
+
+# --- lowering -------------------------------------------------------------------------
+#
+# Each loss lowers to a small ``LayerModule`` calling :mod:`netdef.lowering.ops.loss`.
+# The module returns the *unweighted* loss as a 0-dim tensor (Caffe's top shape ``()``);
+# the builder applies ``loss_weight``.  Labels arrive as float tensors (Caffe stores
+# labels as float) and are truncated to int inside the ops, like Caffe's
+# ``static_cast<int>``.  The torch classes are defined on first use (so that importing
+# the registry never imports torch) and are reachable as attributes of this module
+# (PEP 562 ``__getattr__``), so lowered nets pickle.
+
+_LOWERED = ("SoftmaxWithLossModule", "InfogainLossModule", "SigmoidCrossEntropyLossModule",
+            "EuclideanLossModule", "HingeLossModule", "MultinomialLogisticLossModule",
+            "ContrastiveLossModule", "AccuracyModule")
+_CLASSES: dict[str, type] = {}
+
+
+def normalization_mode(layer: "LayerParameter", default: str = "VALID") -> str:
+    """Caffe's choice of ``LossParameter`` normalization for a layer.
+
+    An explicit ``normalization`` wins; else the legacy ``normalize`` (true: VALID,
+    false: BATCH_SIZE); else the layer's default (VALID for SoftmaxWithLoss and
+    InfogainLoss — caffe.proto's default — and BATCH_SIZE for SigmoidCrossEntropyLoss).
+    """
+    from netdef.ir.schema import has
+
+    lp = layer.loss_param
+    if has(lp, "normalization"):
+        return lp.normalization.name
+    if has(lp, "normalize"):
+        return "VALID" if lp.normalize else "BATCH_SIZE"
+    return default
+
+
+def ignore_label(layer: "LayerParameter") -> int | None:
+    """``loss_param.ignore_label`` if set (Caffe's ``has_ignore_label``), else None."""
+    from netdef.ir.schema import has
+
+    return int(layer.loss_param.ignore_label) if has(layer.loss_param, "ignore_label") else None
+
+
+def _find_source(layer: "LayerParameter", path: str) -> str:
+    """A file named in a layer param, as Caffe opens it (cwd), else beside the net file."""
+    import os
+
+    from netdef.ir.schema import loc_of
+
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    loc = loc_of(layer)
+    if loc is not None and loc.file:
+        cand = os.path.join(os.path.dirname(os.path.abspath(loc.file)), path)
+        if os.path.exists(cand):
+            return cand
+    return path
+
+
+def _define() -> dict[str, type]:
+    """Build the torch module classes once (torch is imported here, not at import time)."""
+    if _CLASSES:
+        return _CLASSES
+    import torch
+
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+
+    class _LossModule(LayerModule):
+        def __init__(self, n_tops: int = 1) -> None:
+            super().__init__()
+            self.n_tops = n_tops
+
+    class SoftmaxWithLossModule(_LossModule):
+        """Softmax + multinomial log loss; 2nd top (optional): the softmax probabilities."""
+
+        def __init__(self, axis: int, ignore: int | None, normalization: str,
+                     n_tops: int = 1) -> None:
+            super().__init__(n_tops)
+            self.axis, self.ignore_label, self.normalization = axis, ignore, normalization
+
+        def forward(self, x: torch.Tensor, label: torch.Tensor):
+            loss, prob = CF.softmax_with_loss(x, label, self.axis, self.ignore_label,
+                                              self.normalization)
+            return (loss, prob) if self.n_tops > 1 else loss
+
+        def extra_repr(self) -> str:
+            return (f"axis={self.axis}, ignore_label={self.ignore_label}, "
+                    f"normalization={self.normalization}")
+
+    class InfogainLossModule(_LossModule):
+        """Softmax + infogain-weighted log loss; H from the ``source`` file or bottom 2."""
+
+        def __init__(self, axis: int, ignore: int | None, normalization: str,
+                     infogain: torch.Tensor | None, n_tops: int = 1) -> None:
+            super().__init__(n_tops)
+            self.axis, self.ignore_label, self.normalization = axis, ignore, normalization
+            # not persistent: state_dict keys stay Caffe's learnable blobs only
+            self.register_buffer("infogain", infogain, persistent=False)
+
+        def forward(self, x: torch.Tensor, label: torch.Tensor,
+                    infogain: torch.Tensor | None = None):
+            h = self.infogain if infogain is None else infogain
+            if h is None:
+                raise RuntimeError("InfogainLoss needs the infogain matrix as bottom 2")
+            loss, prob = CF.infogain_loss(x, label, h, self.axis, self.ignore_label,
+                                          self.normalization)
+            return (loss, prob) if self.n_tops > 1 else loss
+
+        def extra_repr(self) -> str:
+            return (f"axis={self.axis}, ignore_label={self.ignore_label}, "
+                    f"normalization={self.normalization}")
+
+    class SigmoidCrossEntropyLossModule(_LossModule):
+        def __init__(self, ignore: int | None, normalization: str) -> None:
+            super().__init__()
+            self.ignore_label, self.normalization = ignore, normalization
+
+        def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return CF.sigmoid_cross_entropy_loss(x, target, self.ignore_label,
+                                                 self.normalization)
+
+        def extra_repr(self) -> str:
+            return f"ignore_label={self.ignore_label}, normalization={self.normalization}"
+
+    class EuclideanLossModule(_LossModule):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return CF.euclidean_loss(a, b)
+
+    class HingeLossModule(_LossModule):
+        def __init__(self, norm: str) -> None:
+            super().__init__()
+            self.norm = norm
+
+        def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            return CF.hinge_loss(x, label, self.norm)
+
+        def extra_repr(self) -> str:
+            return f"norm={self.norm}"
+
+    class MultinomialLogisticLossModule(_LossModule):
+        def forward(self, prob: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            return CF.multinomial_logistic_loss(prob, label)
+
+    class ContrastiveLossModule(_LossModule):
+        def __init__(self, margin: float, legacy_version: bool) -> None:
+            super().__init__()
+            self.margin, self.legacy_version = margin, legacy_version
+
+        def forward(self, a: torch.Tensor, b: torch.Tensor, similar: torch.Tensor):
+            return CF.contrastive_loss(a, b, similar, self.margin, self.legacy_version)
+
+        def extra_repr(self) -> str:
+            return f"margin={self.margin:g}, legacy_version={self.legacy_version}"
+
+    class AccuracyModule(LayerModule):
+        """Top-k accuracy (no gradient); 2nd top (optional): per-class accuracy."""
+
+        def __init__(self, top_k: int, axis: int, ignore: int | None, n_tops: int = 1) -> None:
+            super().__init__()
+            self.top_k, self.axis, self.ignore_label, self.n_tops = top_k, axis, ignore, n_tops
+
+        def forward(self, x: torch.Tensor, label: torch.Tensor):
+            acc, per_class = CF.accuracy(x, label, self.top_k, self.axis, self.ignore_label)
+            return (acc, per_class) if self.n_tops > 1 else acc
+
+        def extra_repr(self) -> str:
+            return f"top_k={self.top_k}, axis={self.axis}, ignore_label={self.ignore_label}"
+
+    for cls in (SoftmaxWithLossModule, InfogainLossModule, SigmoidCrossEntropyLossModule,
+                EuclideanLossModule, HingeLossModule, MultinomialLogisticLossModule,
+                ContrastiveLossModule, AccuracyModule):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        _CLASSES[cls.__name__] = cls
+    return _CLASSES
+
+
+def __getattr__(name: str):  # PEP 562: pickle finds the lazily defined classes here
+    if name in _LOWERED:
+        return _define()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _n_tops(layer: "LayerParameter") -> int:
+    return max(1, len(layer.top))

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any, TYPE_CHECKING, Sequence
 
+from netdef.ir.schema import has
 from netdef.layers.families._util import (Elementwise, canonical_axis, count, fail,
                                           fmt_float, need_bottoms)
+from netdef.layers.families.common import TorchModules, filler_or
 from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +57,12 @@ class LRN(Elementwise):
         if p.norm_region.name == "WITHIN_CHANNEL":
             text += ", within"
         return text
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        self.shapes(layer, ctx.info.bottom_shapes, None)  # odd local_size, 4-D input
+        p = layer.lrn_param
+        return _torch.LoweredLRN(p.norm_region.name, p.local_size, float(p.alpha),
+                                 float(p.beta), float(p.k))
 
 
 @register
@@ -98,6 +106,20 @@ class BatchNorm(Elementwise):
             parts.append(f"eps={fmt_float(p.eps)}")
         return ", ".join(parts)
 
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        from netdef.ir.messages import FillerParameter
+        from netdef.ir.schema import make
+
+        return [make(FillerParameter, type="constant", value=0.0)] * n_blobs  # caffe_set 0
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.batch_norm_param
+        # Caffe: use_global_stats defaults to (phase == TEST); here unset means "follow
+        # self.training", which the builder sets from the phase (and .eval() can change)
+        use_global = bool(p.use_global_stats) if has(p, "use_global_stats") else None
+        return _torch.LoweredBatchNorm(ctx.blobs, use_global, float(p.moving_average_fraction),
+                                       float(p.eps), len(ctx.info.bottom_shapes[0]))
+
 
 @register
 class MVN(Elementwise):
@@ -117,6 +139,11 @@ class MVN(Elementwise):
         if p.across_channels:
             parts.append("across channels")
         return ", ".join(parts)
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.mvn_param
+        return _torch.LoweredMVN(bool(p.normalize_variance), bool(p.across_channels),
+                                 float(p.eps))
 
 
 class _Broadcast(LayerDef):
@@ -157,6 +184,14 @@ class _Broadcast(LayerDef):
                               f"{shape} from axis {axis}", hint="check axis / num_axes")
         return [shape]
 
+    def _broadcast_axes(self, layer: "LayerParameter", ctx) -> tuple[int, int]:  # noqa: ANN001
+        """(axes before, axes after) the operand in bottom[0]: how it is viewed to broadcast."""
+        bottoms = ctx.info.bottom_shapes
+        self.shapes(layer, bottoms, None)
+        shape, operand = tuple(bottoms[0]), self._operand(layer, bottoms)
+        axis = 0 if not operand else canonical_axis(layer, self._param(layer).axis, shape)
+        return axis, len(shape) - axis - len(operand)
+
 
 @register
 class Scale(_Broadcast):
@@ -180,6 +215,22 @@ class Scale(_Broadcast):
     def summary(self, layer: "LayerParameter") -> str:
         return "+bias" if layer.scale_param.bias_term else ""
 
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        p = layer.scale_param
+        # the learned scale defaults to 1 (identity); the bias blob takes bias_filler
+        # (Caffe copies it into its inner Bias layer's filler: default constant 0)
+        out = []
+        if len(layer.bottom) < 2:  # the scale is a blob (not bottom[1])
+            out.append(filler_or(p, "filler", type="constant", value=1.0))
+        if p.bias_term:
+            out.append(p.bias_filler)
+        return out[:n_blobs]
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        lead, trail = self._broadcast_axes(layer, ctx)
+        return _torch.LoweredScale(ctx.blobs, lead, trail, len(ctx.info.bottoms) > 1,
+                                   bool(layer.scale_param.bias_term))
+
 
 @register
 class Bias(_Broadcast):
@@ -192,3 +243,126 @@ class Bias(_Broadcast):
     def counts(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape]) -> Counts:
         return Counts(0, count(bottoms[0]))
+
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        return [layer.bias_param.filler] * n_blobs
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        lead, trail = self._broadcast_axes(layer, ctx)
+        return _torch.LoweredBias(ctx.blobs, lead, trail, len(ctx.info.bottoms) > 1)
+
+
+# --------------------------------------------------------------------------- torch modules
+def _define() -> list[type]:
+    import torch
+
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+
+    def view(t, lead: int, trail: int):  # noqa: ANN001, ANN202
+        """``t`` (the dims of bottom[0] from the axis) viewed to broadcast against it."""
+        if t.dim() == 0 or (lead == 0 and trail == 0):
+            return t
+        return t.reshape((1,) * lead + tuple(t.shape) + (1,) * trail)
+
+    class LoweredLRN(LayerModule):
+        """ACROSS_CHANNELS (the fast op, Caffe's closed-form backward) or WITHIN_CHANNEL."""
+
+        def __init__(self, region: str, size: int, alpha: float, beta: float, k: float) -> None:
+            super().__init__()
+            if region not in ("ACROSS_CHANNELS", "WITHIN_CHANNEL"):
+                raise NotImplementedError(f"LRN norm_region {region}")
+            self.region, self.size, self.alpha, self.beta, self.k = region, size, alpha, beta, k
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            if self.region == "ACROSS_CHANNELS":
+                return CF.lrn_across_channels(x, self.size, self.alpha, self.beta, self.k)
+            return CF.lrn_within_channel(x, self.size, self.alpha, self.beta)
+
+        def extra_repr(self) -> str:
+            return (f"{self.region}, size={self.size}, alpha={self.alpha:g}, "
+                    f"beta={self.beta:g}, k={self.k:g}")
+
+    class LoweredBatchNorm(LayerModule):
+        """Caffe's 3 blobs (mean·s, var·s, s; not learnable).  Global statistics
+        (``use_global_stats``, or ``not self.training`` when the file leaves it unset)
+        normalise with ``blob/s`` (s == 0 → 0); otherwise batch statistics, and the blobs
+        get Caffe's moving-average update (``s = maf·s + 1``, ``var += m/(m-1)·batch_var``)."""
+
+        def __init__(self, blobs, use_global: bool | None, maf: float, eps: float,  # noqa: ANN001
+                     ndim: int) -> None:
+            super().__init__(blobs)
+            self.use_global, self.maf, self.eps = use_global, maf, eps
+            self.stat_shape = (1, -1) + (1,) * (ndim - 2) if ndim >= 2 else (-1,)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            use_global = (not self.training) if self.use_global is None else self.use_global
+            if not use_global:
+                return CF.batch_norm(x, self.blob(0), self.blob(1), self.blob(2), False,
+                                     self.maf, self.eps, update_stats=True)
+            s = self.blob(2).detach()
+            inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            mean = (self.blob(0).detach() * inv).reshape(self.stat_shape)
+            var = (self.blob(1).detach() * inv).reshape(self.stat_shape)
+            return (x - mean) / torch.sqrt(var + self.eps)
+
+        def extra_repr(self) -> str:
+            mode = "follow training" if self.use_global is None else (
+                "global stats" if self.use_global else "batch stats")
+            return f"{mode}, moving_average_fraction={self.maf:g}, eps={self.eps:g}"
+
+    class LoweredMVN(LayerModule):
+        def __init__(self, normalize_variance: bool, across_channels: bool, eps: float) -> None:
+            super().__init__()
+            self.normalize_variance, self.across_channels, self.eps = (
+                normalize_variance, across_channels, eps)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return CF.mvn(x, self.normalize_variance, self.across_channels, self.eps)
+
+        def extra_repr(self) -> str:
+            return (f"normalize_variance={self.normalize_variance}, "
+                    f"across_channels={self.across_channels}, eps={self.eps:g}")
+
+    class LoweredScale(LayerModule):
+        """``x·γ (+β)``: γ is blob 0, or bottom 1 when given (then β is blob 0)."""
+
+        def __init__(self, blobs, lead: int, trail: int, scale_bottom: bool,  # noqa: ANN001
+                     bias_term: bool) -> None:
+            super().__init__(blobs)
+            self.lead, self.trail = lead, trail
+            self.scale_bottom, self.bias_term = scale_bottom, bias_term
+
+        def forward(self, x, scale=None):  # noqa: ANN001, ANN201
+            if not self.scale_bottom:
+                scale = self.blob(0)
+            y = x * view(scale, self.lead, self.trail)
+            if self.bias_term:
+                y = y + view(self.blob(0 if self.scale_bottom else 1), self.lead, self.trail)
+            return y
+
+        def extra_repr(self) -> str:
+            return (f"axes before={self.lead}, after={self.trail}, "
+                    f"scale from {'bottom 1' if self.scale_bottom else 'blob 0'}, "
+                    f"bias={self.bias_term}")
+
+    class LoweredBias(LayerModule):
+        """``x + β``: β is blob 0, or bottom 1 when given."""
+
+        def __init__(self, blobs, lead: int, trail: int, bias_bottom: bool) -> None:  # noqa: ANN001
+            super().__init__(blobs)
+            self.lead, self.trail, self.bias_bottom = lead, trail, bias_bottom
+
+        def forward(self, x, bias=None):  # noqa: ANN001, ANN201
+            if not self.bias_bottom:
+                bias = self.blob(0)
+            return x + view(bias, self.lead, self.trail)
+
+    return [LoweredLRN, LoweredBatchNorm, LoweredMVN, LoweredScale, LoweredBias]
+
+
+_torch = TorchModules(__name__, _define)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the Lowered* classes load torch lazily
+    return _torch.module_getattr(name)

@@ -17,10 +17,18 @@ LSTM 4·2 gate adds (bias, W_hc·h + W_xc·x; 4·3 with a static input) + 10 for
 cell (3 sigmoids, 2 tanh, 4 multiply/adds, the cont multiply; LSTMUnit alone
 counts those 10); RNN 6 (bias, sum, tanh for h; bias, tanh for o; cont
 multiply) + 1 with a static input.
+
+Lowering (:mod:`netdef.lowering.ops.recurrent` does the numerics): the module takes the
+bottoms above positionally and returns the tops.  Without ``expose_hidden`` Caffe copies
+the last step's h (and c) into the next forward's initial state, so the lowered module
+keeps them too (non-persistent buffers, detached: no gradient crosses batches; zeros at
+first and whenever the batch size changes; ``reset_state()`` zeroes them).  A sequence
+that starts with ``cont = 0`` does not see them.  Fillers: ``recurrent_param``'s
+``weight_filler`` for every weight matrix, ``bias_filler`` for the biases.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import count, fail, need_bottoms
 from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
@@ -79,6 +87,24 @@ class _Recurrent(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         return str(layer.recurrent_param.num_output)
 
+    bias_blobs: tuple[str, ...] = ()  # blob names (below) filled by bias_filler
+
+    def blob_names(self, static: bool) -> list[str]:
+        """Caffe's names of the unrolled net's learnable blobs, in blob order."""
+        raise NotImplementedError
+
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list[Any]:
+        p = layer.recurrent_param
+        names = self.blob_names(n_blobs > len(self.blob_names(False)))
+        return [p.bias_filler if n in self.bias_blobs else p.weight_filler for n in names]
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        p = layer.recurrent_param
+        extra = self.n_states if p.expose_hidden else 0
+        static = len(layer.bottom) > 2 + extra
+        cls = _define()["CaffeLSTM" if self.n_states == 2 else "CaffeRNN"]
+        return cls(ctx.blobs, static, bool(p.expose_hidden))
+
 
 @register
 class LSTM(_Recurrent):
@@ -86,6 +112,10 @@ class LSTM(_Recurrent):
     bottoms = (2, 5)
     tops = (1, 3)
     n_states = 2
+    bias_blobs = ("b_c",)
+
+    def blob_names(self, static: bool) -> list[str]:
+        return ["W_xc", "b_c"] + (["W_xc_static"] if static else []) + ["W_hc"]
 
     def params(self, layer: "LayerParameter", bottoms: Sequence[Shape]) -> list[Shape]:
         _, _, h, s = self._setup(layer, bottoms)
@@ -107,6 +137,10 @@ class RNN(_Recurrent):
     type = "RNN"
     bottoms = (2, 4)
     tops = (1, 2)
+    bias_blobs = ("b_h", "b_o")
+
+    def blob_names(self, static: bool) -> list[str]:
+        return ["W_xh", "b_h"] + (["W_xh_static"] if static else []) + ["W_hh", "W_ho", "b_o"]
 
     def params(self, layer: "LayerParameter", bottoms: Sequence[Shape]) -> list[Shape]:
         _, _, h, s = self._setup(layer, bottoms)
@@ -148,3 +182,110 @@ class LSTMUnit(LayerDef):
     def counts(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape]) -> Counts:
         return Counts(0, LSTM_UNIT_FLOPS * count(bottoms[0]))
+
+    def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
+        return _define()["LSTMUnitModule"]()
+
+
+# --- lowering -------------------------------------------------------------------------
+# torch classes are defined on first use (importing the registry never imports torch)
+# and reachable as attributes of this module (PEP 562), so lowered nets pickle.
+
+_LOWERED = ("CaffeLSTM", "CaffeRNN", "LSTMUnitModule")
+_CLASSES: dict[str, type] = {}
+
+
+def _define() -> dict[str, type]:
+    if _CLASSES:
+        return _CLASSES
+    import torch
+
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+
+    class _RecurrentModule(LayerModule):
+        n_states = 1
+
+        def __init__(self, blobs, static: bool, expose_hidden: bool) -> None:
+            super().__init__(blobs)
+            self.static, self.expose_hidden = static, expose_hidden
+            for i in range(self.n_states):  # Caffe's carried-over initial state
+                self.register_buffer(f"state{i}", None, persistent=False)
+
+        def reset_state(self) -> None:
+            """Zero the carried state (as in a freshly initialised Caffe net)."""
+            for i in range(self.n_states):
+                setattr(self, f"state{i}", None)
+
+        def _split(self, x: torch.Tensor, rest: tuple[torch.Tensor, ...]):
+            """(x_static or None, initial states) from the bottoms after x and cont."""
+            want = int(self.static) + (self.n_states if self.expose_hidden else 0)
+            if len(rest) != want:
+                raise TypeError(f"expected {2 + want} bottoms, got {2 + len(rest)}")
+            x_static = rest[0] if self.static else None
+            if self.expose_hidden:
+                return x_static, list(rest[int(self.static):])
+            # W_hc (LSTM) and W_hh (RNN) are blob 2 (+1 with a static input): (·, H)
+            n, h = x.shape[1], self.blob(2 + int(self.static)).shape[1]
+            states = []
+            for i in range(self.n_states):
+                s = getattr(self, f"state{i}")
+                if s is None or s.shape != (1, n, h) or s.device != x.device:
+                    s = x.new_zeros(1, n, h)
+                states.append(s.to(x.dtype))
+            return x_static, states
+
+        def _keep(self, finals) -> None:
+            if not self.expose_hidden:
+                for i, s in enumerate(finals):
+                    setattr(self, f"state{i}", s.detach())
+
+        def extra_repr(self) -> str:
+            return f"static={self.static}, expose_hidden={self.expose_hidden}"
+
+    class CaffeLSTM(_RecurrentModule):
+        """Caffe's LSTM; blobs W_xc, b_c, [W_xc_static], W_hc (gate order i, f, o, g)."""
+
+        n_states = 2
+
+        def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor):
+            x_static, (h0, c0) = self._split(x, rest)
+            k = int(self.static)
+            out, h_t, c_t = CF.caffe_lstm(
+                x, cont, self.blob(0), self.blob(1), self.blob(2 + k), x_static,
+                self.blob(2) if self.static else None, h0, c0)
+            if self.expose_hidden:
+                return out, h_t, c_t
+            self._keep((h_t, c_t))
+            return out
+
+    class CaffeRNN(_RecurrentModule):
+        """Caffe's RNN; blobs W_xh, b_h, [W_xh_static], W_hh, W_ho, b_o."""
+
+        def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor):
+            x_static, (h0,) = self._split(x, rest)
+            k = int(self.static)
+            out, h_t = CF.caffe_rnn(
+                x, cont, self.blob(0), self.blob(1), self.blob(2 + k), self.blob(3 + k),
+                self.blob(4 + k), x_static, self.blob(2) if self.static else None, h0)
+            if self.expose_hidden:
+                return out, h_t
+            self._keep((h_t,))
+            return out
+
+    class LSTMUnitModule(LayerModule):
+        """One LSTM step: (c_prev, gates, cont) -> (c, h)."""
+
+        def forward(self, c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor):
+            return CF.lstm_unit(c_prev, gates, cont)
+
+    for cls in (CaffeLSTM, CaffeRNN, LSTMUnitModule):
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        _CLASSES[cls.__name__] = cls
+    return _CLASSES
+
+
+def __getattr__(name: str):  # PEP 562: pickle finds the lazily defined classes here
+    if name in _LOWERED:
+        return _define()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

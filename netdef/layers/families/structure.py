@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from netdef.ir.schema import has
 from netdef.layers.families._util import canonical_axis, count, fail, n_tops, need_bottoms
+from netdef.layers.families.common import TorchModules
 from netdef.layers.registry import LayerDef, Shape, ShapeContext, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +59,10 @@ class Concat(_Structure):
         axis = p.concat_dim if has(p, "concat_dim") else p.axis
         return "" if axis == 1 else f"axis {axis}"
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        shape = tuple(ctx.info.bottom_shapes[0])
+        return _torch.LoweredConcat(_legacy_axis(layer, layer.concat_param, "concat_dim", shape))
+
 
 @register
 class Slice(_Structure):
@@ -98,6 +103,13 @@ class Slice(_Structure):
         text = f"axis {axis}"
         return text + (" @" + ",".join(map(str, p.slice_point)) if p.slice_point else "")
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p, shape = layer.slice_param, tuple(ctx.info.bottom_shapes[0])
+        self.shapes(layer, ctx.info.bottom_shapes, None)
+        axis = _legacy_axis(layer, p, "slice_dim", shape)
+        return _torch.LoweredSlice(axis, tuple(int(x) for x in p.slice_point),
+                                   len(ctx.info.tops))
+
 
 @register
 class Split(_Structure):
@@ -113,6 +125,10 @@ class Split(_Structure):
         need_bottoms(layer, bottoms, 1, 1)
         return [tuple(bottoms[0])] * n_tops(layer)
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        # the builder never calls it (it reuses the blob; autograd sums the gradients)
+        return _torch.LoweredSplit(len(ctx.info.tops))
+
 
 @register
 class Silence(_Structure):
@@ -126,6 +142,9 @@ class Silence(_Structure):
     def shapes(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                ctx: ShapeContext) -> list[Shape]:
         return []
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        return _torch.LoweredSilence()
 
 
 @register
@@ -147,6 +166,12 @@ class Flatten(_Structure):
         if end < start:
             raise fail(layer, f"end_axis {p.end_axis} comes before axis {p.axis} for {shape}")
         return [shape[:start] + (count(shape, start, end + 1),) + shape[end + 1:]]
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p, shape = layer.flatten_param, tuple(ctx.info.bottom_shapes[0])
+        self.shapes(layer, ctx.info.bottom_shapes, None)
+        return _torch.LoweredFlatten(canonical_axis(layer, p.axis, shape),
+                                     canonical_axis(layer, p.end_axis, shape, "end_axis"))
 
 
 @register
@@ -199,6 +224,16 @@ class Reshape(_Structure):
     def summary(self, layer: "LayerParameter") -> str:
         return ",".join(map(str, layer.reshape_param.shape.dim))
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p, shape = layer.reshape_param, tuple(ctx.info.bottom_shapes[0])
+        self.shapes(layer, ctx.info.bottom_shapes, None)
+        start = p.axis if p.axis >= 0 else len(shape) + p.axis + 1
+        end = len(shape) if p.num_axes == -1 else start + p.num_axes
+        # per new dim: ("copy", bottom axis) for 0, else the literal (-1 left to torch)
+        spec = tuple(("copy", start + i) if d == 0 else ("dim", int(d))
+                     for i, d in enumerate(p.shape.dim))
+        return _torch.LoweredReshape(start, end, spec, tuple(ctx.info.top_shapes[0]))
+
 
 @register
 class Crop(_Structure):
@@ -233,6 +268,15 @@ class Crop(_Structure):
         p = layer.crop_param
         return f"axis {p.axis}" + (" @" + ",".join(map(str, p.offset)) if p.offset else "")
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p, big = layer.crop_param, tuple(ctx.info.bottom_shapes[0])
+        self.shapes(layer, ctx.info.bottom_shapes, None)
+        start = canonical_axis(layer, p.axis, big)
+        offsets = tuple(int(p.offset[0]) if len(p.offset) == 1 else
+                        (int(p.offset[i - start]) if p.offset else 0)
+                        for i in range(start, len(big)))
+        return _torch.LoweredCrop(start, offsets)
+
 
 @register
 class Tile(_Structure):
@@ -253,6 +297,13 @@ class Tile(_Structure):
     def summary(self, layer: "LayerParameter") -> str:
         p = layer.tile_param
         return f"×{p.tiles}" + (f", axis {p.axis}" if p.axis != 1 else "")
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p, shape = layer.tile_param, tuple(ctx.info.bottom_shapes[0])
+        self.shapes(layer, ctx.info.bottom_shapes, None)
+        reps = [1] * len(shape)
+        reps[canonical_axis(layer, p.axis, shape)] = p.tiles
+        return _torch.LoweredTile(tuple(reps))
 
 
 @register
@@ -282,6 +333,9 @@ class Filter(_Structure):
                                   "differ in the first axis")
         return [(bottoms[0][0],) + tuple(b[1:]) for b in bottoms[:-1]]
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        return _torch.LoweredFilter(len(ctx.info.bottoms) - 1)
+
 
 @register
 class BatchReindex(_Structure):
@@ -297,3 +351,134 @@ class BatchReindex(_Structure):
         if len(bottoms[1]) != 1:
             raise fail(layer, f"the index bottom must be 1-D, got {tuple(bottoms[1])}")
         return [(bottoms[1][0],) + tuple(bottoms[0][1:])]
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        return _torch.LoweredBatchReindex()
+
+
+# --------------------------------------------------------------------------- torch modules
+def _define() -> list[type]:
+    import torch
+
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+
+    class LoweredConcat(LayerModule):
+        def __init__(self, axis: int) -> None:
+            super().__init__()
+            self.axis = axis
+
+        def forward(self, *xs):  # noqa: ANN002, ANN201
+            return xs[0] if len(xs) == 1 else torch.cat(xs, self.axis)
+
+        def extra_repr(self) -> str:
+            return f"axis={self.axis}"
+
+    class LoweredSlice(LayerModule):
+        """Views of the bottom cut at ``slice_point``s, or into equal parts (one per top)."""
+
+        def __init__(self, axis: int, points: tuple[int, ...], n_tops: int) -> None:
+            super().__init__()
+            self.axis, self.points, self.n_tops = axis, points, n_tops
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            if self.n_tops == 1:
+                return x
+            parts = torch.tensor_split(x, list(self.points) if self.points else self.n_tops,
+                                       self.axis)
+            return tuple(parts)
+
+        def extra_repr(self) -> str:
+            return f"axis={self.axis}, points={self.points}, tops={self.n_tops}"
+
+    class LoweredSplit(LayerModule):
+        def __init__(self, n_tops: int) -> None:
+            super().__init__()
+            self.n_tops = n_tops
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return x if self.n_tops == 1 else (x,) * self.n_tops
+
+    class LoweredSilence(LayerModule):
+        def forward(self, *xs):  # noqa: ANN002, ANN201
+            return ()
+
+    class LoweredFlatten(LayerModule):
+        def __init__(self, start: int, end: int) -> None:
+            super().__init__()
+            self.start, self.end = start, end
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return x.flatten(self.start, self.end)
+
+        def extra_repr(self) -> str:
+            return f"axes {self.start}..{self.end}"
+
+    class LoweredReshape(LayerModule):
+        """Bottom axes ``[start, end)`` replaced by the new dims (0 copies the bottom's,
+        -1 is inferred); the other axes follow the input, so the batch may change."""
+
+        def __init__(self, start: int, end: int, spec, top_shape) -> None:  # noqa: ANN001
+            super().__init__()
+            self.start, self.end, self.spec = start, end, spec
+            self.top_shape = top_shape
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            shape = x.shape
+            new = [shape[v] if kind == "copy" else v for kind, v in self.spec]
+            return x.reshape(tuple(shape[: self.start]) + tuple(new) + tuple(shape[self.end:]))
+
+        def extra_repr(self) -> str:
+            return f"-> {self.top_shape}"
+
+    class LoweredCrop(LayerModule):
+        """bottom 0 cut to bottom 1's size on the axes from ``start``, at ``offsets``
+        (no gradient reaches bottom 1, as in Caffe)."""
+
+        def __init__(self, start: int, offsets: tuple[int, ...]) -> None:
+            super().__init__()
+            self.start, self.offsets = start, offsets
+
+        def forward(self, x, ref):  # noqa: ANN001, ANN201
+            index = (slice(None),) * self.start + tuple(
+                slice(o, o + ref.shape[self.start + i]) for i, o in enumerate(self.offsets))
+            return x[index]
+
+        def extra_repr(self) -> str:
+            return f"axis={self.start}, offsets={self.offsets}"
+
+    class LoweredTile(LayerModule):
+        def __init__(self, reps: tuple[int, ...]) -> None:
+            super().__init__()
+            self.reps = reps
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return x.repeat(self.reps)
+
+        def extra_repr(self) -> str:
+            return f"reps={self.reps}"
+
+    class LoweredFilter(LayerModule):
+        """Items (axis 0) of each bottom whose selector (the last bottom) is non-zero."""
+
+        def __init__(self, n_tops: int) -> None:
+            super().__init__()
+            self.n_tops = n_tops
+
+        def forward(self, *xs):  # noqa: ANN002, ANN201
+            out = CF.filter_rows(xs[:-1], xs[-1])
+            return out[0] if self.n_tops == 1 else tuple(out)
+
+    class LoweredBatchReindex(LayerModule):
+        def forward(self, x, permut):  # noqa: ANN001, ANN201
+            return CF.batch_reindex(x, permut)
+
+    return [LoweredConcat, LoweredSlice, LoweredSplit, LoweredSilence, LoweredFlatten,
+            LoweredReshape, LoweredCrop, LoweredTile, LoweredFilter, LoweredBatchReindex]
+
+
+_torch = TorchModules(__name__, _define)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the Lowered* classes load torch lazily
+    return _torch.module_getattr(name)

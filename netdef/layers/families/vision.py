@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from netdef.layers.families._util import (canonical_axis, count, fail, n_tops, need_bottoms,
                                           where)
+from netdef.layers.families.common import TorchModules, weight_bias_fillers
 from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
 from netdef.layers.spatial import (Window, conv_shape, conv_window, describe, pool_shape,
                                    pool_window)
@@ -112,6 +113,18 @@ class _ConvBase(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         return _conv_text(layer.convolution_param)
 
+    def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
+        return weight_bias_fillers(layer.convolution_param, n_blobs)
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        axis, _, w = self._setup(layer, ctx.info.bottom_shapes)
+        nsp = len(w.kernel)
+        if not 1 <= nsp <= 3:
+            raise NotImplementedError(f"{nsp} spatial axes: PyTorch convolutions take 1 to 3")
+        return _torch.LoweredConvolution(ctx.blobs, self.deconv, axis, w.stride, w.pad,
+                                         w.dilation, layer.convolution_param.group,
+                                         len(ctx.info.bottoms))
+
 
 @register
 class Convolution(_ConvBase):
@@ -150,6 +163,15 @@ class Im2col(LayerDef):
 
     def summary(self, layer: "LayerParameter") -> str:
         return _conv_text(layer.convolution_param, show_out=False)
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        shape = tuple(ctx.info.bottom_shapes[0])
+        axis = canonical_axis(layer, layer.convolution_param.axis, shape)
+        w = conv_window(layer.convolution_param, len(shape) - axis - 1, where(layer))
+        if len(w.kernel) not in (1, 2):
+            raise NotImplementedError(f"Im2col over {len(w.kernel)} spatial axes (1 or 2 are "
+                                      "supported)")
+        return _torch.LoweredIm2col(axis, w, tuple(ctx.info.top_shapes[0][axis + 1:]))
 
 
 def _pool_flops(p, window: Window, top: Shape) -> int:
@@ -203,6 +225,14 @@ class Pooling(LayerDef):
         if p.round_mode.name == "FLOOR":
             text += ", floor"
         return text
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.pooling_param
+        w = self._window(layer, ctx.info.bottom_shapes)
+        hw = tuple(ctx.info.bottom_shapes[0][2:])
+        return _torch.LoweredPooling(p.pool.name, hw, w.kernel, w.stride, w.pad,
+                                     p.round_mode.name, p.global_pooling,
+                                     mask=len(ctx.info.tops) > 1)
 
 
 @register
@@ -259,3 +289,208 @@ class SPP(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         p = layer.spp_param
         return f"{p.pool.name} pyramid {p.pyramid_height}"
+
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        p = layer.spp_param
+        hw = tuple(ctx.info.bottom_shapes[0][2:])
+        levels = [_torch.LoweredPooling(p.pool.name, hw, win.kernel, win.stride, win.pad,
+                                        "CEIL", False)
+                  for win, _ in self._levels(layer, ctx.info.bottom_shapes)]
+        return _torch.LoweredSPP(levels)
+
+
+# --------------------------------------------------------------------------- torch modules
+def _define() -> list[type]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from netdef.lowering import functional as CF
+    from netdef.lowering.module import LayerModule
+    from netdef.lowering.ops.pooling import pool_output_size
+
+    conv_fns = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+    deconv_fns = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+    flt_max = 3.4028234663852886e38
+
+    class LoweredConvolution(LayerModule):
+        """Convolution / Deconvolution; every bottom gets its own top with the same weights.
+
+        Dims before the channel ``axis`` are batch dims (folded into one for the call)."""
+
+        def __init__(self, blobs, deconv: bool, axis: int, stride, pad, dilation,  # noqa: ANN001
+                     group: int, n_bottoms: int) -> None:
+            super().__init__(blobs)
+            self.deconv, self.axis, self.group = deconv, axis, group
+            self.stride, self.pad, self.dilation = tuple(stride), tuple(pad), tuple(dilation)
+            self.nsp = len(self.stride)
+            self.bias_term = len(blobs) > 1
+            self.n_bottoms = n_bottoms
+            self.fn = (deconv_fns if deconv else conv_fns)[self.nsp]
+
+        def _one(self, x):  # noqa: ANN001, ANN202
+            lead = None
+            if self.axis != 1:  # fold the leading axes into one batch axis
+                lead = tuple(x.shape[: self.axis])
+                x = x.reshape((-1,) + tuple(x.shape[self.axis:]))
+            bias = self.blob(1) if self.bias_term else None
+            if self.deconv:
+                y = self.fn(x, self.blob(0), bias, stride=self.stride, padding=self.pad,
+                            groups=self.group, dilation=self.dilation)
+            else:
+                y = self.fn(x, self.blob(0), bias, self.stride, self.pad, self.dilation, self.group)
+            return y if lead is None else y.reshape(lead + tuple(y.shape[1:]))
+
+        def forward(self, *xs):  # noqa: ANN002, ANN201
+            if self.n_bottoms == 1:
+                return self._one(xs[0])
+            return tuple(self._one(x) for x in xs)
+
+        def extra_repr(self) -> str:
+            kind = "deconv" if self.deconv else "conv"
+            return (f"{kind}, stride={self.stride}, pad={self.pad}, dilation={self.dilation}, "
+                    f"group={self.group}, axis={self.axis}, bias={self.bias_term}")
+
+    class LoweredIm2col(LayerModule):
+        """Windows unfolded into channels, rows ordered (c, kh, kw) as Caffe's im2col."""
+
+        def __init__(self, axis: int, w, out_spatial: tuple[int, ...]) -> None:  # noqa: ANN001
+            super().__init__()
+            self.axis = axis
+            one_d = len(w.kernel) == 1
+            self.one_d = one_d
+            self.kernel = (1,) + w.kernel if one_d else w.kernel
+            self.stride = (1,) + w.stride if one_d else w.stride
+            self.pad = (0,) + w.pad if one_d else w.pad
+            self.dilation = (1,) + w.dilation if one_d else w.dilation
+            self.out_spatial = out_spatial
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            lead = tuple(x.shape[: self.axis])
+            xb = x.reshape((-1,) + tuple(x.shape[self.axis:]))
+            if self.one_d:
+                xb = xb.unsqueeze(2)
+            cols = F.unfold(xb, self.kernel, dilation=self.dilation, padding=self.pad,
+                            stride=self.stride)
+            return cols.reshape(lead + (cols.shape[1],) + self.out_spatial)
+
+    class LoweredPooling(LayerModule):
+        """MAX/AVE/STOCHASTIC pooling, its geometry decided once: torch's own pooling where
+        its output grid equals Caffe's (the usual case), else explicit padding that
+        reproduces Caffe's windows (-FLT_MAX for MAX, Caffe's clipped divisor for AVE,
+        precomputed).  An input of another spatial size than planned falls back to the
+        general op.  STOCHASTIC samples when ``self.training`` (TEST: the weighted
+        average).  With two tops MAX also outputs Caffe's mask: the argmax as ``h·W + w``."""
+
+        def __init__(self, method: str, hw, kernel, stride, pad, round_mode: str,  # noqa: ANN001
+                     global_pooling: bool, mask: bool = False) -> None:
+            super().__init__()
+            self.method, self.round_mode, self.global_pooling = method, round_mode, global_pooling
+            self.hw = tuple(int(d) for d in hw)
+            self.kernel, self.stride, self.pad = tuple(kernel), tuple(stride), tuple(pad)
+            self.mask = mask
+            out = tuple(pool_output_size(self.hw[i], self.kernel[i], self.stride[i], self.pad[i],
+                                         round_mode) for i in range(2))
+            self.out = out
+            self.ceil_mode = self._native(out)
+            # right/bottom padding so that every Caffe window lies in the padded tensor
+            self.extra = tuple(max(0, (out[i] - 1) * self.stride[i] + self.kernel[i]
+                                   - self.hw[i] - self.pad[i]) for i in range(2))
+            div = None
+            if method == "AVE" and self.ceil_mode is None:
+                dh, dw = (torch.tensor([float(min(o * s - p + k, size + p) - (o * s - p))
+                                        for o in range(n)])
+                          for size, k, s, p, n in zip(self.hw, self.kernel, self.stride,
+                                                      self.pad, out))
+                div = dh[:, None] * dw[None, :]
+            self.register_buffer("divisor", div, persistent=False)
+
+        def _native(self, out):  # noqa: ANN001, ANN202
+            """The ceil_mode for which torch's pooling has Caffe's output grid, or None."""
+            k, s, p = self.kernel, self.stride, self.pad
+            if self.method == "STOCHASTIC" or any(pi > ki // 2 for pi, ki in zip(p, k)):
+                return None  # torch refuses pad > kernel / 2
+            for cm in (False, True):
+                sizes = []
+                for i in range(2):
+                    q = (self.hw[i] + 2 * p[i] - k[i]) / s[i]
+                    o = (math.ceil(q) if cm else math.floor(q)) + 1
+                    if cm and (o - 1) * s[i] >= self.hw[i] + p[i]:
+                        o -= 1
+                    sizes.append(o)
+                if tuple(sizes) == out:
+                    return cm
+            return None
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            training = self.training
+            if not torch.jit.is_tracing() and tuple(x.shape[2:]) != self.hw:
+                return self._general(x, training)  # (a trace records the planned size)
+            k, s, p = self.kernel, self.stride, self.pad
+            if self.method == "STOCHASTIC":
+                return CF.caffe_pool2d(x, "STOCHASTIC", k, s, p, self.round_mode, training=training)
+            cm = self.ceil_mode
+            if self.method == "MAX":
+                if cm is not None:
+                    if self.mask:
+                        y, idx = F.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
+                        return y, idx.to(x.dtype)
+                    return F.max_pool2d(x, k, s, p, ceil_mode=cm)
+                xp = F.pad(x, (p[1], self.extra[1], p[0], self.extra[0]), value=-flt_max)
+                oh, ow = self.out
+                if not self.mask:
+                    return F.max_pool2d(xp, k, s)[:, :, :oh, :ow]
+                y, idx = F.max_pool2d(xp, k, s, return_indices=True)
+                y, idx = y[:, :, :oh, :ow], idx[:, :, :oh, :ow]
+                wp = xp.shape[3]
+                h, w = idx // wp - p[0], idx % wp - p[1]
+                inside = (h >= 0) & (h < self.hw[0]) & (w >= 0) & (w < self.hw[1])
+                flat = torch.where(inside, h * self.hw[1] + w, torch.full_like(idx, -1))
+                return y, flat.to(x.dtype)
+            if cm is not None:
+                return F.avg_pool2d(x, k, s, p, ceil_mode=cm, count_include_pad=True)
+            xp = F.pad(x, (p[1], self.extra[1], p[0], self.extra[0]))
+            oh, ow = self.out
+            return F.avg_pool2d(xp, k, s, divisor_override=1)[:, :, :oh, :ow] / self.divisor
+
+        def _general(self, x, training: bool):  # noqa: ANN001, ANN202
+            """Another input size than planned: recompute the geometry (global pooling
+            follows the input)."""
+            if self.global_pooling:
+                y = CF.caffe_pool2d(x, self.method, None, 1, 0, self.round_mode,
+                                    global_pooling=True, training=training)
+            else:
+                y = CF.caffe_pool2d(x, self.method, self.kernel, self.stride, self.pad,
+                                    self.round_mode, training=training)
+            if self.mask:
+                raise NotImplementedError("the MAX pooling mask top is planned for the "
+                                          f"analysed input size {self.hw}, got "
+                                          f"{tuple(x.shape[2:])}")
+            return y
+
+        def extra_repr(self) -> str:
+            path = "torch" if self.ceil_mode is not None else "padded"
+            return (f"{self.method}, kernel={self.kernel}, stride={self.stride}, pad={self.pad}, "
+                    f"out={self.out}, {path}")
+
+    class LoweredSPP(LayerModule):
+        """Spatial pyramid pooling: each level's pooling flattened, levels concatenated
+        (one level: its 4-D output as is)."""
+
+        def __init__(self, levels) -> None:  # noqa: ANN001
+            super().__init__()
+            self.levels = nn.ModuleList(levels)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            if len(self.levels) == 1:
+                return self.levels[0](x)
+            return torch.cat([lvl(x).flatten(1) for lvl in self.levels], 1)
+
+    return [LoweredConvolution, LoweredIm2col, LoweredPooling, LoweredSPP]
+
+
+_torch = TorchModules(__name__, _define)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the Lowered* classes load torch lazily
+    return _torch.module_getattr(name)
