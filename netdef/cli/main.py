@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report_cmd", "shapes, params, MACs/FLOPs and memory per layer"),
     "draw": ("draw_cmd", "render the net with Graphviz (svg, png, pdf, dot)"),
     "layers": ("layers_cmd", "list the layer types netdef knows"),
+    "test": ("test_cmd", "score a trained net over N batches (Caffe's `caffe test`)"),
+    "run": ("run_cmd", "one forward pass on images/.npy arrays; top-5 classes, save blobs"),
+    "time": ("time_cmd", "per-layer forward/backward timings (Caffe's `caffe time`)"),
     "train": ("train_cmd", "train from a Caffe solver file (Caffe's `caffe train`)"),
     "convert-imageset": ("data_cmds", "images (or .npz arrays) -> LMDB/LevelDB of Datums, "
                                       "like Caffe's convert_imageset"),

@@ -99,6 +99,10 @@ def build(analysis: NetAnalysis, *, fill: bool = True, generator: torch.Generato
             module = defn.lower(info.param, LowerContext(info, analysis.phase, blobs))
         except NotImplementedError as exc:
             raise NetdefError(f"layer '{info.name}': {exc}") from None
+        if "." in info.name:  # torch module names cannot hold dots (state_dict keys use them)
+            raise NetdefError(f"layer name '{info.name}' contains '.', which PyTorch module "
+                              "names cannot hold", loc=info.param._loc,
+                              hint="rename the layer (weights are matched by name)")
         root.add_module(info.name, module)
         args = tuple(env[b] for b in info.bottoms)
         if info.is_split:

@@ -52,6 +52,8 @@ class Trainer:
     def __init__(self, param: SolverParameter, train: CompiledNet, tests: list[CompiledNet], *,
                  out: TextIO | None = None, rank: int = 0, world: int = 1,
                  reduce_grads: Callable[[list[torch.Tensor]], None] | None = None,
+                 reduce_outputs: Callable[[list[float], dict[str, torch.Tensor]],
+                                          tuple[list[float], dict[str, torch.Tensor]]] | None = None,
                  progress: bool = False) -> None:
         self.param = param
         self.train = train
@@ -60,6 +62,9 @@ class Trainer:
         self.rank = rank
         self.world = world
         self.reduce_grads = reduce_grads
+        # data parallel: (sub-batch losses, train outputs) -> their means over the ranks,
+        # called before reduce_grads (netdef.training.distributed)
+        self.reduce_outputs = reduce_outputs
         self.iter = 0
         self.curve = Curve()
         self.requested: str | None = None  # "stop" | "snapshot" from a signal
@@ -67,6 +72,7 @@ class Trainer:
         self.solver = CaffeSolver(self.params, specs, param)
         self.lr = LearningRate(param)
         self._batches_read = 0  # train batches consumed (for exact resume)
+        self._test_batches = [0] * len(tests)  # test batches consumed, per test net
         self._progress = progress
 
     # ------------------------------------------------------------------ set-up
@@ -111,9 +117,12 @@ class Trainer:
             with torch.no_grad():
                 _, loss = self.train.forward()
             self._batches_read += 1
-            value = self._smoothed.update(float(loss), self.iter)
+            losses = [float(loss)]
+            if self.reduce_outputs is not None:
+                losses, _ = self.reduce_outputs(losses, {})
+            value = self._smoothed.update(losses[0], self.iter)
             self.log(f"Iteration {self.iter}, loss = {g(value)}")
-            self.curve.iterations.append({"iter": self.iter, "final_forward_loss": float(loss)})
+            self.curve.iterations.append({"iter": self.iter, "final_forward_loss": losses[0]})
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
@@ -143,6 +152,8 @@ class Trainer:
                 loss.backward()
                 self._batches_read += 1
                 sub_losses.append(loss.item())
+            if self.reduce_outputs is not None:
+                sub_losses, outputs = self.reduce_outputs(sub_losses, outputs)
             if self.reduce_grads is not None:
                 self.reduce_grads([q.grad for q in self.params])
             loss_value = iteration_loss(sub_losses)
@@ -209,6 +220,7 @@ class Trainer:
         names: list[str] = []
         loss_total = np.float32(0)
         n = p.test_iter[index]
+        self._test_batches[index] += n
         for i in range(n):
             outputs, loss = net.forward()
             if p.test_compute_loss:
@@ -258,15 +270,16 @@ class Trainer:
         state = make_solverstate(self.iter, model, history, self.lr.current_step)
         ext = ".solverstate.h5" if hdf5 else ".solverstate"
         path = self.snapshot_filename(ext)
+        from netdef.io.atomic import atomic_write
+
+        # the sidecar (data positions for an exact resume) lands before the solverstate,
+        # so every solverstate on disk has one, whenever a crash happens
+        atomic_write(path + ".netdef.json", json.dumps(
+            {"iter": self.iter, "train_batches": self._batches_read,
+             "test_batches": self._test_batches}).encode())
         kind = "HDF5 file" if hdf5 else "binary proto file"
         self.log(f"Snapshotting solver state to {kind} {path}")
         write_solverstate(path, state, hdf5_format=hdf5)
-        from netdef.io.atomic import atomic_write
-
-        atomic_write(path + ".netdef.json", json.dumps(
-            {"iter": self.iter, "train_batches": self._batches_read,
-             "test_batches": [len([t for t in self.curve.tests if t["net"] == i]) * self.param.test_iter[i]
-                              for i in range(len(self.tests))]}).encode())
         self.write_curve()
 
     def restore(self, path: str) -> None:
@@ -290,12 +303,16 @@ class Trainer:
         sidecar = Path(path + ".netdef.json")
         if sidecar.exists():
             info = json.loads(sidecar.read_text())
-            for _ in range(info.get("train_batches", 0)):
+            # train_batches counts batches of the whole stream (all ranks); each of
+            # `world` ranks (any world size) has read its share of them
+            mine = info.get("train_batches", 0) // self.world
+            for _ in range(mine):
                 self.train.next_inputs()
-            self._batches_read = info.get("train_batches", 0)
-            for net, n in zip(self.tests, info.get("test_batches", [])):
+            self._batches_read = mine
+            for k, (net, n) in enumerate(zip(self.tests, info.get("test_batches", []))):
                 for _ in range(n):
                     net.next_inputs()
+                self._test_batches[k] = n
 
     def write_curve(self) -> None:
         if self.rank != 0 or not has(self.param, "snapshot_prefix"):
