@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run_cmd", "one forward pass on images/.npy arrays; top-5 classes, save blobs"),
     "time": ("time_cmd", "per-layer forward/backward timings (Caffe's `caffe time`)"),
     "train": ("train_cmd", "train from a Caffe solver file (Caffe's `caffe train`)"),
+    "export": ("export_cmd", "export to standalone PyTorch, TorchScript, torch.export or ONNX"),
     "convert-imageset": ("data_cmds", "images (or .npz arrays) -> LMDB/LevelDB of Datums, "
                                       "like Caffe's convert_imageset"),
     "compute-image-mean": ("data_cmds", "mean BlobProto of a Datum database, like Caffe's "

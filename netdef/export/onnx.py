@@ -18,6 +18,8 @@ Caffe numerics in ONNX terms:
   inference disagrees with the runtime, so those few layers are exported with explicit
   padding instead (a ``Pad`` with -FLT_MAX then a floor-mode ``MaxPool`` and ``Slice``;
   for AVE, zero padding, ``AveragePool`` and Caffe's divisor as a constant ``Mul``).
+* ArgMax uses ``TopK`` on the flipped input (TopK ranks ties lower index first, so
+  the larger original index wins, Caffe's order) instead of the stable sort.
 * Dropout disappears (eval mode); BatchNorm is ``BatchNormalization``.
 """
 from __future__ import annotations
@@ -110,6 +112,32 @@ def _classes() -> dict[str, type]:
             y = F.avg_pool2d(x, self.kernel, self.stride)[:, :, : self.out[0], : self.out[1]]
             return y * self.rescale
 
+    class OnnxArgMax(nn.Module):
+        """The generated ArgMax with ``topk`` (ONNX TopK) instead of a stable sort: TopK
+        ranks equal values lower index first, so on the flipped input the larger original
+        index comes first, Caffe's order."""
+
+        def __init__(self, top_k: int, out_max_val: bool, axis: int | None) -> None:
+            super().__init__()
+            self.top_k, self.out_max_val, self.axis = top_k, out_max_val, axis
+
+        def _topk(self, v):  # noqa: ANN001, ANN202
+            n = v.shape[-1]
+            vals, idx = torch.topk(v.flip(-1), self.top_k, dim=-1, largest=True, sorted=True)
+            return vals, (n - 1 - idx)
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            if self.axis is not None:
+                last = x.dim() - 1  # explicit: the exporter mistranslates movedim(-1)
+                vals, idx = self._topk(x.movedim(self.axis, last))
+                out = vals if self.out_max_val else idx.to(x.dtype)
+                return out.movedim(last, self.axis)
+            n = x.shape[0]
+            vals, idx = self._topk(x.reshape(n, -1))
+            parts = [idx.to(x.dtype)] + ([vals] if self.out_max_val else [])
+            shape = [n, len(parts), self.top_k] + [1] * max(0, x.dim() - 3)
+            return torch.stack(parts, 1).reshape(shape)
+
     class TupleOutputs(nn.Module):
         """The generated module with its dict of outputs as a tuple (ONNX output order)."""
 
@@ -121,7 +149,7 @@ def _classes() -> dict[str, type]:
             out = self.net(*xs)
             return tuple(out[n] for n in self.names)
 
-    _CLASSES.update(OnnxLRN=OnnxLRN, PaddedMaxPool=PaddedMaxPool, PaddedAvgPool=PaddedAvgPool,
+    _CLASSES.update(OnnxLRN=OnnxLRN, OnnxArgMax=OnnxArgMax, PaddedMaxPool=PaddedMaxPool, PaddedAvgPool=PaddedAvgPool,
                     TupleOutputs=TupleOutputs)
     return _CLASSES
 
@@ -180,6 +208,8 @@ def onnx_ready(net: "nn.Module", gen: "GeneratedSource") -> Iterator["nn.Module"
                 new = cls["OnnxLRN"](mod)
             elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
                 new = _pool_swap(mod, bottoms[0] if bottoms else None)
+            elif type(mod).__name__ == "ArgMax" and hasattr(mod, "top_k"):  # generated helper
+                new = cls["OnnxArgMax"](mod.top_k, mod.out_max_val, mod.axis)
             if new is not None:
                 swapped.append((attr, mod))
                 setattr(net, attr, new)
@@ -189,9 +219,34 @@ def onnx_ready(net: "nn.Module", gen: "GeneratedSource") -> Iterator["nn.Module"
             setattr(net, attr, mod)
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1 while exporting: on a failure the exporter's C++ side
+    prints the whole TorchScript graph there, and the CLI reports errors in one line."""
+    import sys
+    import tempfile
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (captured, embedded)
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), fd)
+            try:
+                yield
+            finally:
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
+
+
 def export_onnx(net: "nn.Module", gen: "GeneratedSource", inputs: Sequence["torch.Tensor"],
-                path: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET) -> Any:
-    """Export, check and atomically write; returns the ``onnx.ModelProto``."""
+                path: str | os.PathLike[str], *, opset: int = DEFAULT_OPSET) -> None:
+    """Export (inputs: example tensors of the analysed shapes), check, write atomically."""
     import torch
 
     onnx = _require_onnx()
@@ -200,7 +255,8 @@ def export_onnx(net: "nn.Module", gen: "GeneratedSource", inputs: Sequence["torc
                           "ONNX opset 10 or later")
     buf = io.BytesIO()
     net.eval()
-    with onnx_ready(net, gen) as model, torch.no_grad(), warnings.catch_warnings():
+    with onnx_ready(net, gen) as model, torch.no_grad(), warnings.catch_warnings(), \
+            _quiet_stdout():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(model, tuple(inputs), buf, input_names=list(gen.inputs),
@@ -211,10 +267,9 @@ def export_onnx(net: "nn.Module", gen: "GeneratedSource", inputs: Sequence["torc
             raise NetdefError(f"ONNX export failed: {type(exc).__name__}: "
                               f"{text[0] if text else ''}") from exc
     data = buf.getvalue()
-    model_proto = onnx.load_model_from_string(data)
-    try:
-        onnx.checker.check_model(model_proto, full_check=True)
+    try:  # bytes: checked as serialized, no second copy of the weights
+        onnx.checker.check_model(data, full_check=True)
     except Exception as exc:  # noqa: BLE001
-        raise NetdefError(f"the exported ONNX model does not pass onnx.checker: {exc}") from exc
+        raise NetdefError(f"the exported ONNX model does not pass onnx.checker: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from exc
     atomic_write(path, data)
-    return model_proto

@@ -39,6 +39,7 @@ Decisions worth knowing (they are also stated in the generated file's docstring)
 """
 from __future__ import annotations
 
+import builtins
 import json
 import keyword
 import math
@@ -183,6 +184,21 @@ class StochasticPool2d(nn.Module):
         win = win.reshape(n, c, self.kernel[0] * self.kernel[1], rows, cols)
         win = win[:, :, :, : self.out[0], : self.out[1]]
         return (win * win).sum(2) / (win.sum(2) + 1.1754943508222875e-38)
+''')
+
+_helper("SPP", '''
+class SPP(nn.Module):
+    """Caffe spatial pyramid pooling: each level's pooling flattened, levels concatenated
+    (a single level keeps its 4-D output)."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = nn.ModuleList(levels)
+
+    def forward(self, x):
+        if len(self.levels) == 1:
+            return self.levels[0](x)
+        return torch.cat([level(x).flatten(1) for level in self.levels], 1)
 ''')
 
 _helper("LRNWithinChannel", '''
@@ -649,6 +665,73 @@ class SigmoidCrossEntropyLoss(nn.Module):
         return per.sum() / _normalizer(self.normalization, outer, inner, count)
 ''')
 
+_helper("HingeLoss", '''
+class HingeLoss(nn.Module):
+    """Caffe HingeLoss: t = +1 at the label, -1 elsewhere; L1: sum max(0, 1 - t*x) / N,
+    L2: the squares."""
+
+    def __init__(self, norm="L1"):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x, label):
+        n = x.shape[0]
+        x2 = x.reshape(n, -1)
+        sign = torch.full_like(x2, -1.0).scatter(1, label.reshape(-1, 1).to(torch.long), 1.0)
+        margin = torch.relu(1.0 - sign * x2)
+        return (margin if self.norm == "L1" else margin * margin).sum() / n
+''')
+
+_helper("MultinomialLogisticLoss", '''
+class MultinomialLogisticLoss(nn.Module):
+    """Caffe MultinomialLogisticLoss on probabilities: -sum log(max(p[label], 1e-20)) / N."""
+
+    def forward(self, prob, label):
+        n = prob.shape[0]
+        p = prob.reshape(n, -1).gather(1, label.reshape(-1, 1).to(torch.long)).squeeze(1)
+        return -torch.log(p.clamp_min(1e-20)).sum() / n
+''')
+
+_helper("ContrastiveLoss", '''
+class ContrastiveLoss(nn.Module):
+    """Caffe ContrastiveLoss: similar pairs add d^2, dissimilar max(margin - d, 0)^2
+    (legacy_version: max(margin - d^2, 0)); the total / N / 2."""
+
+    def __init__(self, margin=1.0, legacy_version=False):
+        super().__init__()
+        self.margin, self.legacy_version = margin, legacy_version
+
+    def forward(self, a, b, similar):
+        n = a.shape[0]
+        diff = a.reshape(n, -1) - b.reshape(n, -1)
+        dist_sq = (diff * diff).sum(1)
+        if self.legacy_version:
+            dissim = torch.clamp(self.margin - dist_sq, min=0.0)
+        else:
+            dissim = torch.clamp(self.margin - torch.sqrt(dist_sq), min=0.0) ** 2
+        sim = similar.reshape(-1).to(torch.long) != 0
+        return torch.where(sim, dist_sq, dissim).sum() / n / 2.0
+''')
+
+_helper("BatchReindex", '''
+class BatchReindex(nn.Module):
+    """Caffe BatchReindex: x[permut] along axis 0."""
+
+    def forward(self, x, permut):
+        return x.index_select(0, permut.reshape(-1).to(torch.long))
+''')
+
+_helper("Filter", '''
+class Filter(nn.Module):
+    """Caffe Filter: the items (axis 0) of each input whose selector (the last input) is
+    non-zero; the output size depends on the data."""
+
+    def forward(self, *xs):
+        keep = torch.nonzero(xs[-1].reshape(-1) != 0).reshape(-1)
+        out = tuple(x.index_select(0, keep) for x in xs[:-1])
+        return out[0] if len(out) == 1 else out
+''')
+
 # helpers that use other helpers
 _HELPER_DEPS = {"SoftmaxWithLoss": ("_class_last",), "Accuracy": ("_class_last",),
                 "SigmoidCrossEntropyLoss": ("_class_last",)}
@@ -735,7 +818,8 @@ def supported_types() -> list[str]:
 
 # --------------------------------------------------------------------------- formatting
 def _f(v: float) -> str:
-    """A float32 parameter as the shortest literal that reads back to the same float32."""
+    """A float32 parameter as the shortest literal that reads back to the same float32
+    (``0.0001``, not ``9.999999747378752e-05``)."""
     import numpy as np
 
     v = float(v)
@@ -743,10 +827,7 @@ def _f(v: float) -> str:
         return "math.inf" if v > 0 else "-math.inf"
     if math.isnan(v):
         return "math.nan"
-    text = str(np.float32(v))
-    if "e" not in text and "." not in text and "inf" not in text:
-        text += ".0"
-    return text
+    return repr(float(str(np.float32(v))))
 
 
 def _t(values: Sequence[int]) -> str:
@@ -823,6 +904,32 @@ def _extra_pad(hw, k, s, p, out) -> tuple[int, int]:  # noqa: ANN001
     return tuple(max(0, (out[i] - 1) * s[i] + k[i] - hw[i] - p[i]) for i in range(2))
 
 
+def _pool_module(method: str, hw: tuple[int, int], k: tuple[int, ...], s: tuple[int, ...],
+                 pad: tuple[int, ...], out: tuple[int, ...], global_pooling: bool) -> Emitted:
+    """One Caffe pooling on an (H, W) input with Caffe's output grid ``out``."""
+    cm = None if method == "STOCHASTIC" else _native_ceil_mode(hw, k, s, pad, out)
+    geometry = _kw(kernel_size=_one_or_t(k), stride=_one_or_t(s),
+                   padding=None if set(pad) == {0} else _one_or_t(pad),
+                   ceil_mode="True" if cm else None)
+    if global_pooling and method in ("MAX", "AVE") and tuple(out) == (1, 1):
+        cls = "nn.AdaptiveMaxPool2d" if method == "MAX" else "nn.AdaptiveAvgPool2d"
+        return Emitted(f"{cls}(1)", note="global pooling")
+    extra = _t(_extra_pad(hw, k, s, pad if method != "STOCHASTIC" else (0, 0), out))
+    if method == "MAX":
+        if cm is not None:
+            return Emitted(f"nn.MaxPool2d({geometry})")
+        return Emitted(f"CaffeMaxPool2d({_t(k)}, {_t(s)}, {_t(pad)}, {extra}, {_t(out)})",
+                       helpers=("CaffeMaxPool2d",), note="Caffe's grid, explicit padding")
+    if method == "AVE":
+        if cm is not None:  # torch's divisor equals Caffe's whenever the grid matches
+            return Emitted(f"nn.AvgPool2d({geometry})")
+        return Emitted(f"CaffeAvgPool2d({_t(hw)}, {_t(k)}, {_t(s)}, {_t(pad)}, {extra}, "
+                       f"{_t(out)})", helpers=("CaffeAvgPool2d",),
+                       note="Caffe's grid, explicit padding")
+    return Emitted(f"StochasticPool2d({_t(k)}, {_t(s)}, {extra}, {_t(out)})",
+                   helpers=("StochasticPool2d",), note="TEST-phase weighted average")
+
+
 @emits("Pooling")
 def _pooling(c: EmitContext) -> Emitted:
     from netdef.layers.spatial import pool_window
@@ -831,37 +938,35 @@ def _pooling(c: EmitContext) -> Emitted:
     method = p.pool.name
     hw = c.bottoms[0][2:]
     w = pool_window(p, hw, f"layer '{c.info.name}'")
-    k, s, pad = w.kernel, w.stride, w.pad
     out = c.tops[0][2:]
-    mask = len(c.info.tops) > 1
-    cm = None if method == "STOCHASTIC" else _native_ceil_mode(hw, k, s, pad, out)
-    geometry = _kw(kernel_size=_one_or_t(k), stride=_one_or_t(s),
-                   padding=None if set(pad) == {0} else _one_or_t(pad),
-                   ceil_mode="True" if cm else None)
-    if mask:
+    if len(c.info.tops) > 1:  # MAX with Caffe's mask top
+        cm = _native_ceil_mode(hw, w.kernel, w.stride, w.pad, out)
         if method != "MAX" or cm is None:
             raise c.fail("the MAX pooling mask top is only exportable where torch's pooling "
                          "has Caffe's output grid")
-        return Emitted(f"MaxPoolWithMask({_t(k)}, {_t(s)}, {_t(pad)}, {cm})",
+        return Emitted(f"MaxPoolWithMask({_t(w.kernel)}, {_t(w.stride)}, {_t(w.pad)}, {cm})",
                        helpers=("MaxPoolWithMask",))
-    if p.global_pooling and method in ("MAX", "AVE") and out == (1, 1):
-        cls = "nn.AdaptiveMaxPool2d" if method == "MAX" else "nn.AdaptiveAvgPool2d"
-        return Emitted(f"{cls}(1)", note="global pooling")
-    if method == "MAX":
-        if cm is not None:
-            return Emitted(f"nn.MaxPool2d({geometry})")
-        return Emitted(f"CaffeMaxPool2d({_t(k)}, {_t(s)}, {_t(pad)}, "
-                       f"{_t(_extra_pad(hw, k, s, pad, out))}, {_t(out)})",
-                       helpers=("CaffeMaxPool2d",), note="Caffe's grid, explicit padding")
-    if method == "AVE":
-        if cm is not None:  # torch's divisor equals Caffe's whenever the grid matches
-            return Emitted(f"nn.AvgPool2d({geometry})")
-        return Emitted(f"CaffeAvgPool2d({_t(hw)}, {_t(k)}, {_t(s)}, {_t(pad)}, "
-                       f"{_t(_extra_pad(hw, k, s, pad, out))}, {_t(out)})",
-                       helpers=("CaffeAvgPool2d",), note="Caffe's grid, explicit padding")
-    return Emitted(f"StochasticPool2d({_t(k)}, {_t(s)}, {_t(_extra_pad(hw, k, s, (0, 0), out))}, "
-                   f"{_t(out)})", helpers=("StochasticPool2d",),
-                   note="TEST-phase weighted average")
+    return _pool_module(method, hw, w.kernel, w.stride, w.pad, out, bool(p.global_pooling))
+
+
+@emits("SPP")
+def _spp(c: EmitContext) -> Emitted:
+    from netdef.layers.spatial import Window, pool_shape
+
+    p = c.p.spp_param
+    method = p.pool.name
+    h, w = c.bottoms[0][2:]
+    levels = []
+    for level in range(p.pyramid_height):
+        bins = 2 ** level
+        k = (-(-h // bins), -(-w // bins))
+        pad = tuple((kk * bins - size + 1) // 2 for kk, size in zip(k, (h, w)))
+        out = pool_shape((h, w), Window(k, k, pad, (1, 1)), True, f"layer '{c.info.name}'")
+        levels.append(_pool_module(method, (h, w), k, k, pad, out, False))
+    helpers = tuple(x for lv in levels for x in lv.helpers) + ("SPP",)
+    inner = ",\n    ".join(lv.ctor for lv in levels)
+    return Emitted(f"SPP([\n    {inner},\n])", helpers=helpers,
+                   note=f"{p.pyramid_height} level(s)")
 
 
 @emits("Im2col")
@@ -1022,6 +1127,9 @@ EMITTERS.update({
     "AbsVal": _simple("AbsVal()", "AbsVal"),
     "BNLL": _simple("nn.Softplus()"),
     "EuclideanLoss": _simple("EuclideanLoss()", "EuclideanLoss"),
+    "MultinomialLogisticLoss": _simple("MultinomialLogisticLoss()", "MultinomialLogisticLoss"),
+    "BatchReindex": _simple("BatchReindex()", "BatchReindex"),
+    "Filter": _simple("Filter()", "Filter"),
 })
 
 
@@ -1087,7 +1195,7 @@ def _eltwise(c: EmitContext) -> Emitted:
         raise c.fail("coefficients are only for SUM")
     if not any(v != 1.0 for v in coeffs):
         coeffs = ()
-    arg = f", coeffs=({', '.join(_f(v) for v in coeffs)},)" if coeffs else ""
+    arg = f", coeffs=({', '.join(_f(v) for v in coeffs)})" if coeffs else ""
     return Emitted(f'Eltwise("{op}"{arg})', helpers=("Eltwise",))
 
 
@@ -1177,6 +1285,18 @@ def _sigmoid_ce(c: EmitContext) -> Emitted:
     ignore, norm = _loss_args(c, "BATCH_SIZE")
     return Emitted(f'SigmoidCrossEntropyLoss(ignore_label={ignore}, normalization="{norm}")',
                    helpers=("SigmoidCrossEntropyLoss",))
+
+
+@emits("HingeLoss")
+def _hinge(c: EmitContext) -> Emitted:
+    return Emitted(f'HingeLoss("{c.p.hinge_loss_param.norm.name}")', helpers=("HingeLoss",))
+
+
+@emits("ContrastiveLoss")
+def _contrastive(c: EmitContext) -> Emitted:
+    p = c.p.contrastive_loss_param
+    return Emitted(f"ContrastiveLoss(margin={_f(p.margin)}, "
+                   f"legacy_version={bool(p.legacy_version)})", helpers=("ContrastiveLoss",))
 
 
 @emits("Accuracy")
@@ -1301,7 +1421,7 @@ def generate(analysis: "NetAnalysis", module: Any = None, *, class_name: str | N
     blobs = layer_blobs(module) if module is not None else {}
     cls = class_name or class_name_for(analysis.name)
     attrs = _Names({cls}, _module_base())
-    local = _Names({cls} | set(HELPERS))
+    local = _Names({cls} | set(HELPERS) | set(dir(builtins)))
 
     env: dict[str, str] = {}  # blob -> local variable
     inputs: list[str] = []
@@ -1399,7 +1519,7 @@ def generate(analysis: "NetAnalysis", module: Any = None, *, class_name: str | N
                  f"(phase {analysis.phase}): forward returns a dict of OUTPUTS.\"\"\"\n")
     lines.append("    def __init__(self):")
     lines.append("        super().__init__()")
-    lines.extend(f"        {ln}" for ln in init)
+    lines.extend(f"        {ln}" for entry in init for ln in entry.split("\n"))
     lines.append("")
     lines.append(f"    def forward(self{''.join(', ' + a for a in in_args)}):")
     lines.extend(f"        {ln}" for ln in body)

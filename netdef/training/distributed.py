@@ -464,16 +464,19 @@ class ProcessGroup:
 
 # ---------------------------------------------------------------------------- checks
 def net_fingerprint(solver: Any, train: Any, tests: Sequence[Any]) -> str:
-    """A hash of the solver and every compiled net (definition, param names and shapes)."""
+    """Hashes of the solver and of every compiled net (definition, param names and shapes),
+    as ``"solver=…;train net=…;test net #0=…"``."""
     from netdef.ir.text import to_text
 
-    h = hashlib.sha256()
-    h.update(to_text(solver).encode())
-    for net in [train, *tests]:
-        h.update(b"\0net\0" + to_text(net.analysis.loaded.net).encode())
-        for name, p in net.module.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}\n".encode())
-    return h.hexdigest()
+    def digest(*parts: str) -> str:
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+    items = [("solver", digest(to_text(solver)))]
+    for i, net in enumerate([train, *tests]):
+        params = [f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in net.module.named_parameters()]
+        items.append(("train net" if i == 0 else f"test net #{i - 1}",
+                      digest(to_text(net.analysis.loaded.net), *params)))
+    return ";".join(f"{k}={v}" for k, v in items)
 
 
 def state_checksum(tensors: Sequence[torch.Tensor]) -> str:
@@ -582,9 +585,16 @@ class DistributedTrainer(Trainer):
         """Same nets on every rank, then rank 0's weights, buffers and history everywhere."""
         prints = self.group.exchange("fingerprint", fingerprint, "the start-up check")
         if len(set(prints)) != 1:
-            diff = ", ".join(f"rank {r}: {fp[:12]}" for r, fp in enumerate(prints))
+            parts = [dict(item.split("=", 1) for item in fp.split(";")) for fp in prints]
+            what = [k for k in parts[0] if len({str(p.get(k)) for p in parts}) > 1] or ["layout"]
+            groups: dict[str, list[int]] = {}
+            for r, fp in enumerate(prints):
+                groups.setdefault(fp, []).append(r)
+            ranks = " vs ".join("rank" + ("s " if len(g) > 1 else " ") + ",".join(map(str, g))
+                                for g in groups.values())
             raise NetdefError(
-                f"the ranks compiled different nets or solvers ({diff})",
+                f"the ranks compiled different nets or solvers: {', '.join(what)} differ "
+                f"({ranks})",
                 hint="every rank must run the same solver, nets and netdef version; "
                      "check the files on every node")
         module = self.train.module

@@ -250,7 +250,8 @@ def test_mismatched_nets_are_refused(tmp_path: Path) -> None:
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode != 0
-        assert "the ranks compiled different nets or solvers (rank 0:" in err, err[-2000:]
+        assert ("the ranks compiled different nets or solvers: train net, test net #0 differ "
+                "(rank 0 vs rank 1)") in err, err[-2000:]
     assert "Iteration 0 (" not in outs[0][0]
 
 

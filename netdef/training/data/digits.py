@@ -62,10 +62,12 @@ def _write_h5(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
             f.create_dataset("label", data=labels.astype(np.float32))
 
 
-def _write_lmdb(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _write_lmdb(path: Path, images: np.ndarray, labels: np.ndarray, pad: int = 0) -> None:
+    """Datums of ``uint8(pixel · 15)``; ``pad`` adds a zero border (for random-crop shifts)."""
     with DBWriter(path, "lmdb") as db:
         for i, (img, label) in enumerate(zip(images, labels)):
-            db.put(b"%08d" % i, encode_datum((img * 15).astype(np.uint8)[None], int(label)))
+            pixels = np.pad(img * 15, pad).astype(np.uint8)[None]
+            db.put(b"%08d" % i, encode_datum(pixels, int(label)))
 
 
 def make_digits(outdir: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
@@ -77,12 +79,12 @@ def make_digits(outdir: str | os.PathLike[str], *, force: bool = False) -> list[
              "test": (images[N_TRAIN:], labels[N_TRAIN:])}
     written: list[Path] = []
     for split in SPLITS:
-        lmdb_dir = out / f"digits_{split}_lmdb"
-        if lmdb_dir.exists():
-            if not force:
-                raise DataError("the output database already exists", loc=Loc(str(lmdb_dir)),
-                                hint="pass --force to replace it")
-            shutil.rmtree(lmdb_dir)
+        for lmdb_dir in (out / f"digits_{split}_lmdb", out / f"digits_{split}_pad1_lmdb"):
+            if lmdb_dir.exists():
+                if not force:
+                    raise DataError("the output database already exists", loc=Loc(str(lmdb_dir)),
+                                    hint="pass --force to replace it")
+                shutil.rmtree(lmdb_dir)
     for split, (im, lab) in parts.items():
         h5 = out / f"digits_{split}.h5"
         _write_h5(h5, im, lab)
@@ -90,7 +92,11 @@ def make_digits(outdir: str | os.PathLike[str], *, force: bool = False) -> list[
         atomic_write(listing, (os.path.join(os.fspath(outdir), h5.name) + "\n").encode())
         lmdb_dir = out / f"digits_{split}_lmdb"
         _write_lmdb(lmdb_dir, im, lab)
-        written += [h5, listing, lmdb_dir]
+        # 10×10 copies with a zero border: `crop_size: 8` then shifts digits by ±1 pixel in
+        # TRAIN (augmentation) while TEST's centre crop is exactly the original image
+        padded = out / f"digits_{split}_pad1_lmdb"
+        _write_lmdb(padded, im, lab, pad=1)
+        written += [h5, listing, lmdb_dir, padded]
     mean = out / "digits_mean.binaryproto"
     compute_image_mean(out / "digits_train_lmdb", mean, backend="lmdb")
     written.append(mean)
