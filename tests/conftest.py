@@ -1,9 +1,14 @@
 """Shared test helpers: where the real Caffe files and fixtures live."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# pytest runs with -n 2 on 2 cores: one OpenMP thread per worker (and per subprocess it
+# starts).  Two spinning OpenMP teams per core made single ops up to 12× slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

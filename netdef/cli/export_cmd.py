@@ -73,20 +73,45 @@ def run(args: argparse.Namespace) -> int:
     for path in result.files:
         print(f"wrote {path}")
     if args.verify:
-        _verify(module, result, run_artifact, args.seed)
+        _verify(analysis, module, result, run_artifact, args.seed)
     return 0
 
 
-def _verify(module, result, run_artifact, seed: int) -> None:  # noqa: ANN001
+# (layer type, bottom index) that Caffe reads as integers: fed 0/1 by --verify
+_INDEX_BOTTOMS = {("SoftmaxWithLoss", 1), ("Accuracy", 1), ("HingeLoss", 1),
+                  ("MultinomialLogisticLoss", 1), ("InfogainLoss", 1), ("Embed", 0),
+                  ("BatchReindex", 1), ("ContrastiveLoss", 2), ("SigmoidCrossEntropyLoss", 1)}
+
+
+def _verify(analysis, module, result, run_artifact, seed: int) -> None:  # noqa: ANN001
+    """netdef's net and the written file on the same random inputs (index-like inputs,
+    e.g. labels, get 0/1); prints max |diff| per output, absolute and relative."""
     import numpy as np
     import torch
 
+    from netdef.errors import NetdefError
+
+    root: dict[str, str] = {}  # Split tops -> the blob they copy
+    for info in analysis.layers:
+        if info.is_split or info.type == "Split":
+            for t in info.tops:
+                root[t] = root.get(info.bottoms[0], info.bottoms[0])
+    index_like = {root.get(b, b) for info in analysis.layers for i, b in enumerate(info.bottoms)
+                  if (info.type, i) in _INDEX_BOTTOMS
+                  or (info.type == "Filter" and i == len(info.bottoms) - 1)}
     gen = torch.Generator().manual_seed(seed)
-    feeds = {b: torch.randn(tuple(s), generator=gen) for b, s in result.generated.input_shapes.items()}
+    feeds = {}
+    for b, s in result.generated.input_shapes.items():
+        feeds[b] = (torch.randint(0, 2, tuple(s), generator=gen).float() if b in index_like
+                    else torch.randn(tuple(s), generator=gen))
     module.eval()
-    with torch.no_grad():
-        ref = module(**feeds)
-    got = run_artifact(result, feeds)
+    try:
+        with torch.no_grad():
+            ref = module(**feeds)
+        got = run_artifact(result, feeds)
+    except Exception as exc:  # noqa: BLE001 - one line for the CLI
+        raise NetdefError(f"--verify could not run on random inputs: {type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
     for name in result.generated.outputs:
         r = ref[name].detach().numpy()
         scale = float(np.abs(r).max()) or 1.0

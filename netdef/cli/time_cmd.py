@@ -254,6 +254,9 @@ class StepNet:
 
         from netdef.lowering import runtime as rt
 
+        # drop the last pass's tops and graphs first (peak memory: one pass, as Caffe's)
+        self.tops = [[] for _ in self.layers]
+        self.leaves = [[] for _ in self.layers]
         grad_mode = torch.enable_grad() if self.backward_on else torch.inference_mode()
         with grad_mode, rt.autocast(self.device, self.dtype):
             for i, info in enumerate(self.layers):

@@ -76,6 +76,9 @@ def export(analysis: "NetAnalysis", module: Any, fmt: str, out: str | os.PathLik
     if opset is not None and fmt != "onnx":
         raise NetdefError("--opset is only for --format onnx")
     pysource.check_supported(analysis)
+    folder = Path(out).parent
+    if not folder.is_dir():
+        raise NetdefError(f"cannot write {out}: the folder {folder} does not exist")
     if fmt == "py":
         src, pt = py_paths(out)
         gen = pysource.generate(analysis, module, class_name=class_name, source_label=source_label,

@@ -9,9 +9,9 @@ Caffe numerics in ONNX terms:
 
 * LRN ACROSS_CHANNELS becomes one ONNX ``LRN`` node: ``size = local_size``,
   ``alpha``, ``beta``, ``bias = k`` — ONNX, like Caffe, divides alpha by size:
-  ``y = x / (bias + alpha/size * sum x^2)^beta``.  (While exporting, each
-  ``nn.LocalResponseNorm`` is swapped for a module whose autograd Function carries that
-  ONNX symbolic; torch would otherwise decompose it into pads and pools.)
+  ``y = x / (bias + alpha/size * sum x^2)^beta``.  (While exporting, each generated
+  ``LRN`` helper, or ``nn.LocalResponseNorm``, is swapped for a module whose autograd
+  Function carries that ONNX symbolic; tracing would otherwise record pads and adds.)
 * Pooling on Caffe's ceil grid is ``MaxPool``/``AveragePool`` with ``ceil_mode=1``,
   whose output size onnxruntime computes as torch and Caffe do.  Where Caffe (and torch)
   additionally drop a last window that would start in the padding, ONNX's shape
@@ -76,7 +76,7 @@ def _classes() -> dict[str, type]:
                         bias_f=float(k))
 
     class OnnxLRN(nn.Module):
-        def __init__(self, lrn: nn.LocalResponseNorm) -> None:
+        def __init__(self, lrn: nn.Module) -> None:  # nn.LocalResponseNorm or the helper
             super().__init__()
             self.size, self.alpha, self.beta, self.k = lrn.size, lrn.alpha, lrn.beta, lrn.k
 
@@ -204,7 +204,8 @@ def onnx_ready(net: "nn.Module", gen: "GeneratedSource") -> Iterator["nn.Module"
         for attr, bottoms in shapes.items():
             mod = getattr(net, attr, None)
             new = None
-            if isinstance(mod, nn.LocalResponseNorm):
+            if isinstance(mod, nn.LocalResponseNorm) or (
+                    type(mod).__name__ == "LRN" and hasattr(mod, "beta")):  # generated helper
                 new = cls["OnnxLRN"](mod)
             elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
                 new = _pool_swap(mod, bottoms[0] if bottoms else None)

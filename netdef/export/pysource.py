@@ -32,8 +32,10 @@ Decisions worth knowing (they are also stated in the generated file's docstring)
 * Pooling uses ``nn.MaxPool2d``/``nn.AvgPool2d`` with ``ceil_mode`` when torch's output
   grid equals Caffe's (almost always); otherwise explicit padding that reproduces
   Caffe's windows.  Global pooling is ``nn.Adaptive*Pool2d(1)``.
-* ACROSS_CHANNELS LRN is ``nn.LocalResponseNorm`` (the same formula as Caffe's for the
-  odd sizes Caffe allows: ``x / (k + alpha/n * sum x^2)^beta``).
+* ACROSS_CHANNELS LRN is a small ``LRN`` helper: ``nn.LocalResponseNorm``'s formula
+  (Caffe's, ``x * (k + alpha/n * sum x^2)^-beta`` for the odd sizes Caffe allows),
+  written out to round as netdef's op does (the window summed outwards, ``^-0.75`` by
+  ``rsqrt``), so the export matches netdef to a few ulps rather than ~1e-6.
 * BatchNorm's three Caffe blobs are folded into ``running_mean = mean/s`` and
   ``running_var = var/s`` (``s == 0`` gives 0, as Caffe).
 """
@@ -43,7 +45,6 @@ import builtins
 import json
 import keyword
 import math
-import sys
 import textwrap
 import types
 from dataclasses import dataclass, field
@@ -53,7 +54,6 @@ from netdef.errors import NetdefError
 from netdef.ir.schema import has
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
     from netdef.analysis.net import LayerInfo, NetAnalysis
@@ -199,6 +199,35 @@ class SPP(nn.Module):
         if len(self.levels) == 1:
             return self.levels[0](x)
         return torch.cat([level(x).flatten(1) for level in self.levels], 1)
+''')
+
+_helper("LRN", '''
+class LRN(nn.Module):
+    """Caffe LRN, ACROSS_CHANNELS: x * (k + alpha/size * sum of x^2 over `size` channels
+    centred on each, zero padded)^-beta.  The formula of nn.LocalResponseNorm, written out
+    to round as Caffe and netdef do (window summed outwards, scale^-0.75 by rsqrt)."""
+
+    def __init__(self, size=5, alpha=1.0, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        sq = x * x
+        c, half = x.shape[1], (self.size - 1) // 2
+        padded = F.pad(sq.reshape(x.shape[0], c, -1), (0, 0, half, half))
+        total = sq.reshape(padded.shape[0], c, -1)
+        for d in range(1, half + 1):
+            total = total + padded[:, half - d: half - d + c] + padded[:, half + d: half + d + c]
+        scale = total * (self.alpha / self.size) + self.k
+        if self.beta == 0.75:
+            scale = torch.rsqrt(scale * torch.sqrt(scale))
+        elif self.beta == 0.5:
+            scale = torch.rsqrt(scale)
+        elif self.beta == 1.0:
+            scale = torch.reciprocal(scale)
+        else:
+            scale = torch.pow(scale, -self.beta)
+        return (x.reshape(scale.shape) * scale).reshape(x.shape)
 ''')
 
 _helper("LRNWithinChannel", '''
@@ -1022,8 +1051,8 @@ def _lrn(c: EmitContext) -> Emitted:
     if p.local_size % 2 != 1:
         raise c.fail("local_size must be odd")
     if p.norm_region.name == "ACROSS_CHANNELS":
-        return Emitted(f"nn.LocalResponseNorm({p.local_size}, alpha={_f(p.alpha)}, "
-                       f"beta={_f(p.beta)}, k={_f(p.k)})")
+        return Emitted(f"LRN({p.local_size}, alpha={_f(p.alpha)}, beta={_f(p.beta)}, "
+                       f"k={_f(p.k)})", helpers=("LRN",))
     return Emitted(f"LRNWithinChannel({p.local_size}, alpha={_f(p.alpha)}, beta={_f(p.beta)})",
                    helpers=("LRNWithinChannel",))
 
@@ -1570,7 +1599,7 @@ original layer); state_dict keys are "<attribute>.<parameter>".  Caffe numerics 
 torch's layers lack are small helper modules in this file.  Notes: use eval() for
 inference (Dropout is then the identity); BatchNorm running statistics are Caffe's
 mean/s and var/s; pooling uses ceil_mode where torch's grid equals Caffe's, else
-explicit padding; LRN (across channels) is nn.LocalResponseNorm, Caffe's formula.
+explicit padding; LRN (across channels) is nn.LocalResponseNorm's (Caffe's) formula.
 """
 '''
     return text
@@ -1579,13 +1608,23 @@ explicit padding; LRN (across channels) is nn.LocalResponseNorm, Caffe's formula
 # =========================================================================== loading
 def instantiate(gen: GeneratedSource, module_name: str = "netdef_generated") -> "nn.Module":
     """Run the generated source in a fresh module namespace, build the class, load the
-    state (checking every key and count) and return it in eval mode."""
-    import torch
+    state (checking every key and count) and return it in eval mode.
 
+    When the state covers every parameter, torch's random initialisation is skipped while
+    constructing (it would be overwritten; for AlexNet it costs a second)."""
     mod = types.ModuleType(module_name)
     mod.__file__ = f"<netdef export {module_name}>"
     exec(compile(gen.source, mod.__file__, "exec"), mod.__dict__)  # noqa: S102 - our own text
-    net = getattr(mod, gen.class_name)()
+    cls = getattr(mod, gen.class_name)
+    if gen.state:
+        with _SkipRandomInit.mode():
+            net = cls()
+        # tied parameters are one object: covered when any of their names is in the state
+        covered = {id(p) for k, p in net.named_parameters() if k in gen.state}
+        if any(id(p) not in covered for p in net.parameters()):
+            net = cls()  # not all from Caffe blobs (should not happen): keep torch's init
+    else:
+        net = cls()
     sd = net.state_dict()
     for key, value in gen.state.items():
         if key not in sd:
@@ -1597,3 +1636,28 @@ def instantiate(gen: GeneratedSource, module_name: str = "netdef_generated") -> 
         sd[key] = value.detach().reshape(target.shape).to(target.dtype)
     net.load_state_dict(sd)
     return net.eval()
+
+
+class _SkipRandomInit:
+    """A TorchFunctionMode (thread-local, scoped) that turns torch.nn.init's random fills
+    into no-ops while a generated module is constructed."""
+
+    _NAMES = frozenset({"uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_",
+                        "xavier_uniform_", "xavier_normal_", "trunc_normal_", "orthogonal_"})
+    _mode_cls: type | None = None
+
+    @classmethod
+    def mode(cls) -> Any:
+        if cls._mode_cls is None:
+            from torch.overrides import TorchFunctionMode
+
+            names = cls._NAMES
+
+            class SkipInit(TorchFunctionMode):
+                def __torch_function__(self, func, types_, args=(), kwargs=None):  # noqa: ANN001, ANN204
+                    if getattr(func, "__name__", "") in names and args:
+                        return args[0]
+                    return func(*args, **(kwargs or {}))
+
+            cls._mode_cls = SkipInit
+        return cls._mode_cls()

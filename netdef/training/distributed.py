@@ -31,8 +31,12 @@ with one process per device, started by ``torchrun`` (or ``netdef train --gpus 0
 * **Failures**: training collectives time out after ``NETDEF_DIST_TIMEOUT`` seconds
   (default 30); a rank that dies closes its sockets and the others fail at once with
   ``rank k lost: …`` (a :class:`~netdef.errors.NetdefError`, exit 2).  Control
-  messages (losses, stop requests, barriers) always go over gloo on the CPU, so a dead
-  peer is noticed there before an NCCL all-reduce is entered.
+  messages (losses, train outputs, stop requests, barriers) go over gloo on the CPU: on
+  NCCL as their own small all-reduce before the gradients', so a dead peer is noticed
+  there before an NCCL all-reduce is entered; on gloo inside the gradient buffer (one
+  collective per iteration: gloo's latency, ~1 ms, is a whole digits iteration).
+  Start-up checks and the final checksum go through torchrun's key-value store, and a
+  rank that fails on its own announces why there, so the others report its error.
 * **Signals**: SIGINT/SIGHUP requests are agreed on by all ranks at the next
   iteration, so every rank stops (or snapshots) at the same iteration.
 """
@@ -285,6 +289,7 @@ class ProcessGroup:
                                                   "start-up"))]
         self._buckets: list[tuple[list[int], torch.Tensor]] | None = None
         self._layout: tuple | None = None
+        self._carrier: int | None = None
 
     # -- errors ---------------------------------------------------------------------
     def lost(self, exc: BaseException, what: str) -> RankLost:
@@ -401,23 +406,51 @@ class ProcessGroup:
             self._run(what, dist.broadcast, flat, src=0, group=self._group_for(flat, self.slow))
             self._scatter_back([tensors[i] for i in idx], flat)
 
-    def reduce_grads(self, grads: Sequence[torch.Tensor]) -> None:
-        """Average the gradient list over the ranks in place (bucketed all-reduce)."""
+    def fuses_control(self) -> bool:
+        """On gloo the control values ride in the gradient buffer: one collective per step."""
+        return self.backend == "gloo"
+
+    def reduce_grads(self, grads: Sequence[torch.Tensor], extra: Sequence[float] = (),
+                     what: str = "the gradient all-reduce") -> list[float] | None:
+        """Average the gradient list over the ranks in place (bucketed all-reduce).
+
+        ``extra`` values (losses, outputs, flags) are appended to the first float32 CPU
+        bucket and averaged with it (gloo: each collective costs ~1 ms of latency on a
+        small machine, as much as a digits iteration); returns their means, or None
+        when no bucket can carry them (then nothing of ``extra`` was reduced).
+        """
         import torch.distributed as dist
 
-        layout = tuple((g.dtype, g.device, g.numel()) for g in grads)
+        layout = (tuple((g.dtype, g.device, g.numel()) for g in grads), len(extra))
         if layout != self._layout:
             self._layout = layout
-            self._buckets = [(idx, flat) for idx, flat in self._flatten(list(grads), BUCKET_BYTES)]
+            self._buckets = self._flatten(list(grads), BUCKET_BYTES)
+            self._carrier = next((k for k, (_, flat) in enumerate(self._buckets)
+                                  if flat.dtype == torch.float32 and flat.device.type == "cpu"
+                                  and self._group_for(flat, self.ctrl) is self.ctrl), None)
+            if extra and self._carrier is not None:
+                idx, flat = self._buckets[self._carrier]
+                self._buckets[self._carrier] = (idx, torch.empty(flat.numel() + len(extra)))
+        carried = bool(extra) and self._carrier is not None
         works = []
-        for idx, flat in self._buckets or []:
-            torch.cat([grads[i].reshape(-1) for i in idx], out=flat)
-            works.append(self._run("the gradient all-reduce", dist.all_reduce, flat,
+        for k, (idx, flat) in enumerate(self._buckets or []):
+            offset = 0
+            with torch.no_grad():
+                for i in idx:
+                    n = grads[i].numel()
+                    flat[offset:offset + n].copy_(grads[i].reshape(-1))
+                    offset += n
+                if carried and k == self._carrier:
+                    flat[offset:] = torch.tensor(list(extra), dtype=torch.float32)
+            works.append(self._run(what, dist.all_reduce, flat,
                                    group=self._group_for(flat, self.ctrl), async_op=True))
         for (idx, flat), work in zip(self._buckets or [], works):
-            self._run("the gradient all-reduce", work.wait)
+            self._run(what, work.wait)
             flat.div_(self.world)
             self._scatter_back([grads[i] for i in idx], flat)
+        if not carried:
+            return None
+        return self._buckets[self._carrier][1][-len(extra):].tolist()
 
     def _group_for(self, flat: torch.Tensor, cpu_group: Any) -> Any:
         """The data group where it handles ``flat``'s device (NCCL: CUDA, gloo: CPU)."""
@@ -504,6 +537,7 @@ class DistributedTrainer(Trainer):
         self.group = group
         self._pending: str | None = None
         self._agreed: str | None = None
+        self._grads_reduced = False
         super().__init__(param, train, tests, out=out, rank=group.rank, world=group.world,
                          reduce_grads=self._reduce_grads, reduce_outputs=self._reduce_outputs,
                          progress=progress)
@@ -535,14 +569,24 @@ class DistributedTrainer(Trainer):
             self.__dict__["_agreed"] = agreed
 
     # -- hooks ----------------------------------------------------------------------
-    def _reduce_outputs(self, losses: list[float], outputs: dict[str, torch.Tensor]
+    def _reduce_outputs(self, losses: list[float], outputs: dict[str, torch.Tensor],
+                        grads: list[torch.Tensor | None] | None = None
                         ) -> tuple[list[float], dict[str, torch.Tensor]]:
+        """Means over the ranks of the losses and train outputs (and stop/snapshot
+        requests).  Given ``grads`` (a training step) on gloo, the gradients are averaged
+        in the same collective and the following ``reduce_grads`` call does nothing."""
         if self._die_at is not None and self.iter == self._die_at and self.rank == self._die_rank:
             _die()
         names = [n for n in self.train.analysis.outputs if n in outputs]
         flat = [t.detach().float().cpu().reshape(-1) for t in (outputs[n] for n in names)]
         values = [*losses, *(v for t in flat for v in t.tolist()), *self._flags()]
-        means = self.group.mean_values(values, f"iteration {self.iter}")
+        what = f"iteration {self.iter}"
+        means = None
+        if grads is not None and self.group.fuses_control():
+            means = self.group.reduce_grads(self._full_grads(grads), values, what)
+            self._grads_reduced = True
+        if means is None:
+            means = self.group.mean_values(values, what)
         self._agree([m * self.world for m in means[-2:]])
         new_losses = [f32(v) for v in means[:len(losses)]]
         reduced = dict(outputs)
@@ -553,14 +597,20 @@ class DistributedTrainer(Trainer):
             reduced[n] = torch.tensor(chunk, dtype=torch.float32).reshape(outputs[n].shape)
         return new_losses, reduced
 
-    def _reduce_grads(self, grads: list[torch.Tensor | None]) -> None:
+    def _full_grads(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
         full = []
         for p, g in zip(self.params, grads):
             if g is None:  # keep the layout equal on every rank
                 p.grad = torch.zeros_like(p)
                 g = p.grad
             full.append(g)
-        self.group.reduce_grads(full)
+        return full
+
+    def _reduce_grads(self, grads: list[torch.Tensor | None]) -> None:
+        if self._grads_reduced:  # done with the losses in _reduce_outputs
+            self._grads_reduced = False
+            return
+        self.group.reduce_grads(self._full_grads(grads))
 
     # -- rank 0 only, the others wait -----------------------------------------------
     def test_all(self) -> None:

@@ -52,8 +52,8 @@ class Trainer:
     def __init__(self, param: SolverParameter, train: CompiledNet, tests: list[CompiledNet], *,
                  out: TextIO | None = None, rank: int = 0, world: int = 1,
                  reduce_grads: Callable[[list[torch.Tensor]], None] | None = None,
-                 reduce_outputs: Callable[[list[float], dict[str, torch.Tensor]],
-                                          tuple[list[float], dict[str, torch.Tensor]]] | None = None,
+                 reduce_outputs: Callable[..., tuple[list[float], dict[str, torch.Tensor]]]
+                 | None = None,
                  progress: bool = False) -> None:
         self.param = param
         self.train = train
@@ -62,8 +62,9 @@ class Trainer:
         self.rank = rank
         self.world = world
         self.reduce_grads = reduce_grads
-        # data parallel: (sub-batch losses, train outputs) -> their means over the ranks,
-        # called before reduce_grads (netdef.training.distributed)
+        # data parallel: (sub-batch losses, train outputs[, grads=]) -> their means over
+        # the ranks; in a step it gets the gradients too (it may average them in the same
+        # collective) and runs before reduce_grads (netdef.training.distributed)
         self.reduce_outputs = reduce_outputs
         self.iter = 0
         self.curve = Curve()
@@ -153,7 +154,8 @@ class Trainer:
                 self._batches_read += 1
                 sub_losses.append(loss.item())
             if self.reduce_outputs is not None:
-                sub_losses, outputs = self.reduce_outputs(sub_losses, outputs)
+                sub_losses, outputs = self.reduce_outputs(sub_losses, outputs,
+                                                          grads=[q.grad for q in self.params])
             if self.reduce_grads is not None:
                 self.reduce_grads([q.grad for q in self.params])
             loss_value = iteration_loss(sub_losses)
@@ -275,7 +277,7 @@ class Trainer:
         # the sidecar (data positions for an exact resume) lands before the solverstate,
         # so every solverstate on disk has one, whenever a crash happens
         atomic_write(path + ".netdef.json", json.dumps(
-            {"iter": self.iter, "train_batches": self._batches_read,
+            {"iter": self.iter, "train_batches": self._batches_read * self.world,  # whole stream
              "test_batches": self._test_batches}).encode())
         kind = "HDF5 file" if hdf5 else "binary proto file"
         self.log(f"Snapshotting solver state to {kind} {path}")
