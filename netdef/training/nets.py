@@ -45,15 +45,18 @@ class CompiledNet:
         for src in self.sources:
             for name, arr in src.next_batch().items():
                 t = arr if isinstance(arr, torch.Tensor) else torch.from_numpy(arr)
-                feed[name] = t.to(self.device, non_blocking=True)
+                feed[name] = t if t.device == self.device else t.to(self.device, non_blocking=True)
         return feed
 
     def forward(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Caffe's ``Net::Forward(&loss)``: outputs and Σ loss_weight·top (float32)."""
         outputs = self.module(**self.next_inputs())
-        loss = torch.zeros((), dtype=torch.float32, device=self.device)
+        loss: torch.Tensor | None = None
         for top, w in self.module.netdef_loss_weights.items():
-            loss = loss + w * outputs[top].sum()
+            term = outputs[top].sum() if w == 1 else w * outputs[top].sum()
+            loss = term if loss is None else loss + term
+        if loss is None:
+            loss = torch.zeros((), dtype=torch.float32, device=self.device)
         return outputs, loss
 
     def close(self) -> None:
