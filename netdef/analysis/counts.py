@@ -8,9 +8,10 @@
   and Split tops included, × 4 bytes.
 * **Activation memory (honest)**: each distinct blob once (in-place layers write into
   their bottom; Split tops share their bottom's data), × 4 bytes.
-* **Training memory**: activations + their gradients (each distinct blob's diff), params,
-  param gradients and the solver's history (SGD/Nesterov/AdaGrad/RMSProp keep one
-  blob per param, AdaDelta and Adam two).
+* **Peak memory** of training and inference is predicted by a simulation of the lowered
+  net, not summed here: see :mod:`netdef.analysis.memory`.  ``history_bytes`` below is
+  the solver history of every blob (SGD/Nesterov/AdaGrad/RMSProp keep one per param,
+  AdaDelta and Adam two).
 """
 from __future__ import annotations
 
@@ -38,14 +39,6 @@ class NetTotals:
 
     def history_bytes(self, solver_type: str = "SGD") -> int:
         return HISTORY_BLOBS.get(solver_type, 1) * self.param_bytes
-
-    def training_bytes(self, solver_type: str = "SGD") -> int:
-        """Activations and their diffs, params, grads and history."""
-        return (2 * self.activation_bytes + self.param_bytes + self.grad_bytes
-                + self.history_bytes(solver_type))
-
-    def inference_bytes(self) -> int:
-        return self.activation_bytes + self.param_bytes
 
     @property
     def macs_per_item(self) -> float:

@@ -5,6 +5,7 @@ import sys
 from typing import Any, TextIO
 
 from netdef.analysis.counts import HISTORY_BLOBS, human, human_bytes, totals
+from netdef.analysis.memory import Peak, predict
 from netdef.analysis.net import NetAnalysis
 
 CONVENTION = ("MACs = multiply-accumulates; FLOPs = 2×MACs + bias adds + element-wise ops "
@@ -15,8 +16,10 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "×".join(str(d) for d in shape) if shape else "scalar"
 
 
-def as_json(analysis: NetAnalysis, solver_type: str = "SGD") -> dict[str, Any]:
+def as_json(analysis: NetAnalysis, solver_type: str = "SGD",
+            device: str = "cpu") -> dict[str, Any]:
     t = totals(analysis)
+    mem = predict(analysis, solver_type, device)
     layers = []
     for info in analysis.layers:
         layers.append({
@@ -41,13 +44,15 @@ def as_json(analysis: NetAnalysis, solver_type: str = "SGD") -> dict[str, Any]:
             "grad_bytes": t.grad_bytes, "solver_type": solver_type,
             "history_bytes": t.history_bytes(solver_type),
             "history_bytes_by_solver": {s: t.history_bytes(s) for s in HISTORY_BLOBS},
-            "inference_bytes": t.inference_bytes(),
-            "training_bytes": t.training_bytes(solver_type),
+            "inference_bytes": mem.inference.total,  # predicted peaks (see "memory")
+            "training_bytes": mem.training.total,
         },
+        "memory": mem.as_dict(),
     }
 
 
-def print_table(analysis: NetAnalysis, solver_type: str = "SGD", file: TextIO | None = None) -> None:
+def print_table(analysis: NetAnalysis, solver_type: str = "SGD", file: TextIO | None = None,
+                device: str = "cpu") -> None:
     """Aligned plain-text table (bold headings on a terminal).
 
     Written by hand rather than with rich's Table: rich measures every cell through its
@@ -57,6 +62,7 @@ def print_table(analysis: NetAnalysis, solver_type: str = "SGD", file: TextIO | 
     tty = out.isatty()
     bold = (lambda s: f"\033[1m{s}\033[0m") if tty else (lambda s: s)
     t = totals(analysis)
+    peaks = predict(analysis, solver_type, device)
     heads = ("#", "layer", "type", "config", "top shape", "params", "MACs", "memory")
     right = {0, 5, 6, 7}
     rows = []
@@ -83,10 +89,19 @@ def print_table(analysis: NetAnalysis, solver_type: str = "SGD", file: TextIO | 
           f"{bold('MACs')} {human(t.macs)} ({human(t.macs_per_item)}/item)   "
           f"{bold('FLOPs')} {human(t.flops)}\n")
     write(f"{bold('memory')} Caffe 'Memory required for data' {t.caffe_data_bytes:,} B; "
-          f"activations (no in-place double count) {human_bytes(t.activation_bytes)}; "
-          f"inference ≈ {human_bytes(t.inference_bytes())}; training ({solver_type}) ≈ "
-          f"{human_bytes(t.training_bytes(solver_type))}\n")
+          f"activations (no in-place double count) {human_bytes(t.activation_bytes)}\n")
+    where = f"predicted peak, {device} float32"
+    write(f"{bold('training')} ({solver_type}, {where}) {_peak(peaks.training)}\n")
+    write(f"{bold('inference')} ({where}) {_peak(peaks.inference)}\n")
     write(f"outputs: {', '.join(analysis.outputs)}\n")
+
+
+def _peak(peak: Peak) -> str:
+    """``1.23 GiB (1,234,567 B) = params … + workspace …, at backward conv3``."""
+    parts = " + ".join(f"{label} {human_bytes(v)}" for label, v in (
+        ("params", peak.params), ("grads", peak.grads), ("history", peak.history),
+        ("activations", peak.activations), ("workspace", peak.workspace)) if v)
+    return f"{human_bytes(peak.total)} ({peak.total:,} B) = {parts}, at {peak.where}"
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "glog prefix)")
     p.add_argument("--solver-type", default="SGD",
                    help="solver whose history memory to count (default SGD)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="whose kernels the peak-memory prediction models (default cpu)")
 
 
 def analyze_from_args(args: argparse.Namespace):  # noqa: ANN201 - NetAnalysis
@@ -47,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from netdef.analysis.report import as_json, print_table
 
     if args.json:
-        json.dump(as_json(analysis, args.solver_type), sys.stdout, indent=1)
+        json.dump(as_json(analysis, args.solver_type, args.device), sys.stdout, indent=1)
         print()
     else:
-        print_table(analysis, args.solver_type)
+        print_table(analysis, args.solver_type, device=args.device)
     return 0

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward-only", action="store_true",
                    help="time forward passes only (inference mode)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--memory", action="store_true",
+                   help="measure the peak memory of a whole-graph training iteration and "
+                        "of an inference forward instead, against the report's prediction")
     add_device_args(p)
     add_state_args(p)
     add_shape_args(p)
@@ -69,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from netdef.lowering import runtime as rt
     from netdef.lowering.module import build
 
+    if args.memory:
+        from netdef.cli.time_memory import run as run_memory
+
+        return run_memory(args)
     if args.iterations < 1:
         raise NetdefError("--iterations must be >= 1")
     if args.warmup < 0:
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     device = rt.pick_device(args.device)
     dtype = rt.parse_dtype(args.dtype)
     rt.set_tf32(args.tf32)
+    rt.prepare_host()
     analysis = analyze_from_args(args)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
@@ -85,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
         rt.to_channels_last(module)
     inputs = {name: rt.to_device(t, device, channels_last=args.channels_last)
               for name, t in random_inputs(analysis, gen).items()}
-    bench = StepNet(module, analysis, inputs, device, dtype, backward=not args.forward_only)
+    if args.forward_only and not args.no_fold:
+        from netdef.lowering.fold import fold_inference
+
+        module, _ = fold_inference(module)  # eval mode (TEST) only; folded layers pass through
+    if args.compile:
+        bench = WholeNet(module, analysis, inputs, device, dtype, backward=not args.forward_only)
+    else:
+        bench = StepNet(module, analysis, inputs, device, dtype, backward=not args.forward_only)
     out = sys.stdout
 
     def log(line: str) -> None:
@@ -107,8 +122,13 @@ def run(args: argparse.Namespace) -> int:
     rt.synchronize(device)
     result = bench.benchmark(args.iterations, log)
     n = args.iterations
-    log("Average time per layer: ")
+    if args.compile:
+        log("Average time per layer: not measured (--compile runs the net as one graph)")
+    else:
+        log("Average time per layer: ")
     for info, f_ms, b_ms in zip(analysis.layers, result.forward, result.backward):
+        if args.compile:
+            break
         log(f"{info.name:>10}\tforward: {_g(f_ms / n)} ms.")
         if bench.backward_on:
             log(f"{info.name:>10}\tbackward: {_g(b_ms / n)} ms.")
@@ -369,6 +389,89 @@ class StepNet:
                 res.backward_total += bwd.ms()
                 for i, tm in enumerate(self.b_timers):
                     res.backward[i] += tm.ms()
+            what = "forward-backward" if self.backward_on else "forward"
+            log(f"Iteration: {j + 1} {what} time: {_g(it.ms())} ms.")
+        total.stop()
+        res.total = total.ms()
+        return res
+
+
+class WholeNet:
+    """``--compile``: the whole net as one ``torch.compile``d graph (inductor fuses across
+    layers, so per-layer times do not exist).  Forward is ``module(**inputs)``; backward
+    is one ``torch.autograd.backward`` from the loss tops (their loss weight as diff) and,
+    for a net without a loss, from its outputs with zero diffs, as :class:`StepNet` does.
+    The first pass (Caffe's untimed warm-up) compiles; the compile time is logged."""
+
+    def __init__(self, module, analysis, inputs, device, dtype, *,  # noqa: ANN001
+                 backward: bool = True) -> None:
+        import time
+
+        from netdef.lowering import runtime as rt
+
+        self.module, self.analysis, self.inputs = module, analysis, inputs
+        self.device, self.dtype, self.backward_on = device, dtype, backward
+        self.runner = rt.CompiledRunner(module, log=lambda line: print(line, file=sys.stderr))
+        self.outputs: dict = {}
+        self.pass_timers = [rt.Timer(device) for _ in range(3)]
+        self._clock = time.perf_counter
+        self._compiled_in: float | None = None
+
+    def forward(self) -> float:
+        import torch
+
+        from netdef.lowering import runtime as rt
+
+        grad_mode = torch.enable_grad() if self.backward_on else torch.inference_mode()
+        t0 = self._clock()
+        with grad_mode, rt.autocast(self.device, self.dtype):
+            self.outputs = self.runner(**self.inputs)
+        if self._compiled_in is None:
+            self._compiled_in = self._clock() - t0
+            state = "compiled" if self.runner.active else "eager fallback"
+            print(f"netdef: first forward ({state}) took {self._compiled_in:.1f} s",
+                  file=sys.stderr)
+        weights = self.module.netdef_loss_weights
+        return sum(float(w) * float(self.outputs[t].detach().float().sum())
+                   for t, w in weights.items())
+
+    def backward(self) -> None:
+        import torch
+
+        roots, grads = [], []
+        weights = self.module.netdef_loss_weights
+        for name, t in self.outputs.items():
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                w = weights.get(name, 0.0)
+                roots.append(t)
+                grads.append(torch.full_like(t, float(w)) if w else torch.zeros_like(t))
+        for p in self.module.parameters():
+            p.grad = None
+        if roots:
+            torch.autograd.backward(roots, grads)
+
+    def benchmark(self, iterations: int, log) -> _Result:  # noqa: ANN001
+        from netdef.lowering import runtime as rt
+
+        res = _Result(len(self.analysis.layers))
+        fwd, bwd, it = self.pass_timers
+        total = rt.Timer(self.device)
+        log("*** Benchmark begins ***")
+        log(f"Testing for {iterations} iterations.")
+        total.start()
+        for j in range(iterations):
+            it.start()
+            fwd.start()
+            self.forward()
+            fwd.stop()
+            if self.backward_on:
+                bwd.start()
+                self.backward()
+                bwd.stop()
+            it.stop()
+            res.forward_total += fwd.ms()
+            if self.backward_on:
+                res.backward_total += bwd.ms()
             what = "forward-backward" if self.backward_on else "forward"
             log(f"Iteration: {j + 1} {what} time: {_g(it.ms())} ms.")
         total.stop()

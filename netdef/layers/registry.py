@@ -38,6 +38,86 @@ class Counts:
         return Counts(self.macs + other.macs, self.flops + other.flops)
 
 
+@dataclass(frozen=True)
+class MemoryContext:
+    """What a layer's memory facts depend on besides its shapes.
+
+    ``grad``: autograd records this layer (training, and a bottom or a learnable blob
+    needs a gradient), so its saved tensors exist; ops that take another path without
+    autograd (LRN, pooling) say so through it.  ``phase`` is the lowered module's mode
+    (Dropout, BatchNorm).  ``device`` is ``"cpu"`` or ``"cuda"``: the backends differ in
+    masks (CPU dropout keeps a float32 noise tensor, CUDA a bool mask) and in convolution
+    workspace (oneDNN's reorders on the CPU; cuDNN's workspace is not modelled).
+    ``overwrite``: the lowering may write into the bottom tensor (``LowerContext.
+    overwrite_ok``: an in-place layer whose bottom is a fresh top that its producer's
+    backward does not read).
+    """
+
+    phase: str = "TRAIN"
+    grad: bool = True
+    device: str = "cpu"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One tensor a layer's autograd graph keeps from forward to backward.
+
+    ``kind`` is ``"bottom"`` or ``"top"`` (an existing blob, ``index`` says which: no new
+    memory, but it stays alive until this layer's backward ran) or ``"new"`` (a tensor
+    made inside the layer, ``nbytes`` long: LRN's scale, pooling indices, dropout masks).
+    """
+
+    kind: str
+    index: int = 0
+    nbytes: int = 0
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """How one lowered layer uses memory (consumed by :mod:`netdef.analysis.memory`).
+
+    ``alias[j]``: bottom index whose storage top ``j`` reuses (a view, an in-place op or
+    the identity), ``None`` (or missing) for a new tensor.  ``same``: the tops *are* the
+    bottom tensor (no op at all: Split, Dropout at TEST), so no autograd node either.
+    ``param_tops``: the tops are the layer's own learnable blobs (Parameter).
+    ``diff_alias``: backward hands the top diff down as the bottom diffs without a copy
+    (views, un-scaled sums, concat's narrow).  ``differentiable``: False when the
+    lowering detaches (Accuracy, ArgMax, Threshold): no node, no diffs;
+    ``no_grad_bottoms``: bottoms the lowering reads without a gradient path (labels,
+    indices, Crop's reference); ``no_grad_tops``: tops made without one (pooling's mask,
+    SoftmaxWithLoss' probabilities).  Without autograd the ``"new"`` saved tensors are
+    still made and die inside the layer, so the model counts them as workspace then.
+    ``workspace``/``backward_workspace``: bytes of temporaries alive inside the forward
+    (beyond the tops and the new saved tensors) and the backward (beyond the bottom
+    diffs and param grads).
+    """
+
+    saved: tuple[Saved, ...] = ()
+    alias: tuple[int | None, ...] = ()
+    same: bool = False
+    param_tops: bool = False
+    diff_alias: bool = False
+    differentiable: bool = True
+    no_grad_bottoms: tuple[int, ...] = ()
+    no_grad_tops: tuple[int, ...] = ()
+    workspace: int = 0
+    backward_workspace: int = 0
+
+
+def nbytes(shape: Sequence[int], itemsize: int = 4) -> int:
+    """Bytes of a dense tensor (float32 unless ``itemsize`` says otherwise)."""
+    n = itemsize
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def saves_bottoms(n: int) -> tuple[Saved, ...]:
+    """Every bottom kept for backward (most ops read their inputs there)."""
+    return tuple(Saved("bottom", i) for i in range(n))
+
+
 @dataclass
 class ShapeContext:
     """What a shape rule may need besides its bottoms."""
@@ -63,6 +143,9 @@ class LayerDef:
     is_loss: ClassVar[bool] = False  # top 0 gets loss_weight 1 unless the file says otherwise
     is_data: ClassVar[bool] = False  # produces data from outside the net (no bottoms)
     in_place: ClassVar[bool] = False  # computes element-wise; commonly run with top == bottom
+    # the lowered backward reads this layer's own top, so a following in-place layer must
+    # not overwrite it; False lets e.g. ReLU run in place on a conv/fc/pool/LRN output
+    top_saved_for_backward: ClassVar[bool] = True
     category: ClassVar[str] = "other"  # for colours/legends: data, conv, pool, norm, act,
     #                                     fc, loss, structure, recurrent, other
 
@@ -97,6 +180,19 @@ class LayerDef:
                   ctx: ShapeContext) -> list[str]:
         """Lines Caffe logs inside this layer's SetUp (data layers), before "Setting up"."""
         return []
+
+    # --- memory ------------------------------------------------------------------------
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """What the lowered layer allocates, keeps for backward and aliases.
+
+        Default: new tops, and autograd keeps every bottom (what an op whose derivative
+        reads its inputs saves: conv, fc, pooling, most element-wise ops); the backward
+        allocates one diff per bottom that needs a gradient.  Types whose lowering does
+        otherwise override this (checked against torch's autograd and the profiler in
+        ``tests/lowering/test_lowered_memory.py``).
+        """
+        return LayerMemory(saved=saves_bottoms(len(bottoms)))
 
     # --- weights -----------------------------------------------------------------------
     def fillers(self, layer: "LayerParameter", n_blobs: int) -> list[Any]:

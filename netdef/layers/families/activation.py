@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Sequence
 
 from netdef.layers.families._util import Elementwise, fail, fmt_float, need_bottoms
 from netdef.layers.families.common import TorchModules, filler_or
-from netdef.layers.registry import Counts, Shape, ShapeContext, register
+from netdef.layers.registry import (Counts, LayerMemory, MemoryContext, Saved, Shape,
+                                    ShapeContext, nbytes, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
+
+_KEEPS_TOP = LayerMemory(saved=(Saved("top", 0),))  # derivative from the output
 
 
 class _Neuron(Elementwise):
@@ -62,6 +65,24 @@ class ReLU(_Neuron):
             return F.relu, {}
         return _cf().caffe_relu, {"negative_slope": ns}
 
+    def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
+        if ctx.overwrite_ok and float(layer.relu_param.negative_slope) == 0.0:
+            return _torch.LoweredInplaceReLU()  # Caffe's in-place ReLU: no new blob
+        return super().lower(layer, ctx)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """ReLU keeps its output; in place where the lowering may overwrite its bottom
+        (``ctx.overwrite``) it is ``relu_`` and reuses the bottom's storage.  Leaky ReLU
+        is ``torch.where(x > 0, x, x·ns)``: it keeps the bool condition (1 byte an
+        element) and drops ``x·ns`` at once; its backward makes both branches' diffs and
+        the scaled one."""
+        size = nbytes(bottoms[0])
+        if layer.relu_param.negative_slope != 0.0:
+            return LayerMemory(saved=(Saved("new", nbytes=nbytes(bottoms[0], 1)),),
+                               workspace=size, backward_workspace=2 * size)
+        return LayerMemory(saved=(Saved("top", 0),), alias=(0,) if ctx.overwrite else ())
+
 
 @register
 class PReLU(_Neuron):
@@ -91,6 +112,15 @@ class PReLU(_Neuron):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         return _torch.LoweredPReLU(ctx.blobs, layer.prelu_param.channel_shared)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``torch.where(x > 0, x, x·a)``: the bool condition, and x (for the slope's
+        gradient); ``x·a`` lives only inside the forward.  Backward: both branches'
+        diffs, ``g·a`` and ``g·x`` (reduced to the slope)."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("bottom", 0), Saved("new", nbytes=nbytes(bottoms[0], 1))),
+                           workspace=size, backward_workspace=3 * size)
+
 
 @register
 class ELU(_Neuron):
@@ -115,6 +145,10 @@ class Sigmoid(_Neuron):
 
         return torch.sigmoid, {}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        return _KEEPS_TOP
+
 
 @register
 class TanH(_Neuron):
@@ -127,6 +161,10 @@ class TanH(_Neuron):
 
         return torch.tanh, {}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        return _KEEPS_TOP
+
 
 @register
 class AbsVal(_Neuron):
@@ -137,6 +175,11 @@ class AbsVal(_Neuron):
         import torch
 
         return torch.abs, {}
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``abs`` keeps x; its backward makes ``sign(x)`` before the product."""
+        return LayerMemory(saved=(Saved("bottom", 0),), backward_workspace=nbytes(bottoms[0]))
 
 
 @register
@@ -166,6 +209,22 @@ class Power(_Neuron):
         return _cf().caffe_power, {"power": float(p.power), "scale": float(p.scale),
                                    "shift": float(p.shift)}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``pow`` keeps its base: x itself, or the scaled/shifted copy; power 1 is only
+        scalar arithmetic (nothing kept); a constant output keeps a bool condition."""
+        p, size = layer.power_param, nbytes(bottoms[0])
+        if p.power == 0.0 or p.scale == 0.0:
+            return LayerMemory(saved=(Saved("new", nbytes=nbytes(bottoms[0], 1)),),
+                               workspace=size + nbytes(bottoms[0], 1))
+        steps = (p.scale != 1.0) + (p.shift != 0.0)
+        if p.power == 1.0:
+            return LayerMemory(workspace=size if steps == 2 else 0)
+        # the scaled input dies before pow's output exists; pow's backward makes
+        # base^(p-1), its product with p and with the diff
+        base = Saved("bottom", 0) if not steps else Saved("new", nbytes=size)
+        return LayerMemory(saved=(base,), backward_workspace=2 * size)
+
 
 @register
 class Exp(_Neuron):
@@ -186,6 +245,17 @@ class Exp(_Neuron):
         return _cf().caffe_exp, {"base": float(p.base), "scale": float(p.scale),
                                  "shift": float(p.shift)}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``exp`` keeps its result: the top, or a separate tensor when an outer factor
+        follows; the scaled input lives only inside the forward."""
+        p, size = layer.exp_param, nbytes(bottoms[0])
+        outer = p.shift != 0.0
+        inner = p.scale != 1.0 or p.base != -1.0
+        return LayerMemory(saved=(Saved("new", nbytes=size) if outer else Saved("top", 0),),
+                           workspace=size if inner else 0,
+                           backward_workspace=size if inner or outer else 0)
+
 
 @register
 class Log(_Neuron):
@@ -205,6 +275,15 @@ class Log(_Neuron):
         return _cf().caffe_log, {"base": float(p.base), "scale": float(p.scale),
                                  "shift": float(p.shift)}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``log`` keeps its input: x, or the scaled/shifted copy; a base other than e
+        adds a multiply whose input dies at once."""
+        p, size = layer.log_param, nbytes(bottoms[0])
+        shifted = p.scale != 1.0 or p.shift != 0.0
+        return LayerMemory(saved=(Saved("new", nbytes=size) if shifted else Saved("bottom", 0),),
+                           workspace=size if p.base != -1.0 else 0)
+
 
 @register
 class Threshold(_Neuron):
@@ -220,6 +299,11 @@ class Threshold(_Neuron):
     def function(self, layer: "LayerParameter"):  # noqa: ANN201
         return _cf().caffe_threshold, {"threshold": float(layer.threshold_param.threshold)}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Computed on the detached input (Caffe has no backward): a bool, then the top."""
+        return LayerMemory(differentiable=False, workspace=nbytes(bottoms[0], 1))
+
 
 @register
 class Swish(_Neuron):
@@ -234,6 +318,15 @@ class Swish(_Neuron):
     def function(self, layer: "LayerParameter"):  # noqa: ANN201
         return _cf().caffe_swish, {"beta": float(layer.swish_param.beta)}
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``x·sigmoid(βx)``: the product keeps x and the sigmoid (which the sigmoid's
+        own backward reads too); backward makes ``g·x`` besides x's diff."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("bottom", 0), Saved("new", nbytes=size)),
+                           workspace=size if layer.swish_param.beta != 1.0 else 0,
+                           backward_workspace=size)
+
 
 @register
 class Clip(_Neuron):
@@ -247,6 +340,12 @@ class Clip(_Neuron):
     def function(self, layer: "LayerParameter"):  # noqa: ANN201
         p = layer.clip_param
         return _cf().caffe_clip, {"min": float(p.min), "max": float(p.max)}
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``clamp`` keeps x; its backward makes two bool masks (the bounds)."""
+        return LayerMemory(saved=(Saved("bottom", 0),),
+                           backward_workspace=2 * nbytes(bottoms[0], 1))
 
 
 @register
@@ -273,9 +372,24 @@ class Dropout(Elementwise):
                        field="dropout_param")
         return _torch.LoweredDropout(ratio)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """TEST: the identity (the top is the bottom tensor).  TRAIN: ``F.dropout``
+        keeps its mask and not its input: on the CPU that is ATen's float32 noise
+        tensor (``input * noise``, 4 bytes an element), on CUDA ``native_dropout``'s
+        bool mask (1 byte); without autograd the mask dies inside the forward."""
+        if ctx.phase != "TRAIN":
+            return LayerMemory(same=True)
+        mask = nbytes(bottoms[0], 4 if ctx.device == "cpu" else 1)
+        if not ctx.grad:
+            return LayerMemory(workspace=mask)
+        return LayerMemory(saved=(Saved("new", nbytes=mask),))
+
 
 # --------------------------------------------------------------------------- torch modules
 def _define() -> list[type]:
+    import torch
+
     from netdef.lowering import functional as CF
     from netdef.lowering.module import LayerModule
 
@@ -293,6 +407,17 @@ def _define() -> list[type]:
         def extra_repr(self) -> str:
             args = "".join(f", {k}={v:g}" for k, v in self.kwargs.items())
             return getattr(self.fn, "__name__", repr(self.fn)) + args
+
+    class LoweredInplaceReLU(LayerModule):
+        """``relu_`` into the bottom (see ``LowerContext.overwrite_ok``); the gradient is
+        read from the top (0 where it is 0, as Caffe's ``bottom_data > 0`` test).  A leaf
+        that requires grad (``netdef time`` feeds each layer such leaves) cannot be
+        overwritten, so it gets the out-of-place op."""
+
+        def forward(self, x):  # noqa: ANN001, ANN201
+            if x.requires_grad and x.is_leaf:
+                return torch.relu(x)
+            return torch.relu_(x)
 
     class LoweredPReLU(LayerModule):
         """Learned slope for ``x <= 0``: per channel (axis 1) or one shared 0-D blob."""
@@ -320,7 +445,7 @@ def _define() -> list[type]:
         def extra_repr(self) -> str:
             return f"ratio={self.ratio:g}"
 
-    return [LoweredNeuron, LoweredPReLU, LoweredDropout]
+    return [LoweredNeuron, LoweredInplaceReLU, LoweredPReLU, LoweredDropout]
 
 
 _torch = TorchModules(__name__, _define)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from netdef.ir.schema import has
 from netdef.layers.families._util import Elementwise, canonical_axis, count, fail, need_bottoms
-from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (Counts, LayerDef, LayerMemory, MemoryContext, Saved,
+                                    Shape, ShapeContext, nbytes, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -86,6 +87,7 @@ def weight_bias_fillers(p, n_blobs: int) -> list:  # noqa: ANN001
 @register
 class InnerProduct(LayerDef):
     """Fully connected: flattens dims from ``axis`` (K) into num_output (N)."""
+    top_saved_for_backward = False
 
     type = "InnerProduct"
     param_field = "inner_product_param"
@@ -134,6 +136,14 @@ class InnerProduct(LayerDef):
         axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0])
         return _torch.LoweredInnerProduct(ctx.blobs, axis, p.transpose)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Keeps its (flattened) bottom; the weight is a param.  ``transpose`` with a bias
+        is a matmul then an add: the product is a temporary."""
+        p = layer.inner_product_param
+        return LayerMemory(saved=(Saved("bottom", 0),),
+                           workspace=nbytes(tops[0]) if p.transpose and p.bias_term else 0)
+
 
 @register
 class Embed(LayerDef):
@@ -176,6 +186,14 @@ class Embed(LayerDef):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         return _torch.LoweredEmbed(ctx.blobs)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``weight[idx]`` keeps the int64 indices (the float bottom truncated: no
+        gradient reaches it); a bias add makes the row gather a temporary."""
+        return LayerMemory(saved=(Saved("new", nbytes=nbytes(bottoms[0], 8)),),
+                           no_grad_bottoms=(0,),
+                           workspace=nbytes(tops[0]) if layer.embed_param.bias_term else 0)
+
 
 @register
 class Softmax(Elementwise):
@@ -198,6 +216,11 @@ class Softmax(Elementwise):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         axis = canonical_axis(layer, layer.softmax_param.axis, ctx.info.bottom_shapes[0])
         return _torch.LoweredSoftmax(axis)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """softmax's backward reads its output."""
+        return LayerMemory(saved=(Saved("top", 0),))
 
 
 @register
@@ -246,6 +269,25 @@ class Eltwise(LayerDef):
         p = layer.eltwise_param
         return _torch.LoweredEltwise(p.operation.name, tuple(float(c) for c in p.coeff))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """SUM: additions keep nothing and pass the top diff down unchanged (with
+        coefficients each scaled input is a temporary and gets its own diff).  PROD:
+        each multiply keeps both factors.  MAX: each ``torch.where`` keeps its bool
+        condition.  Chains over more than two bottoms make top-sized partial results."""
+        p, n, size = layer.eltwise_param, len(bottoms), nbytes(tops[0])
+        op = p.operation.name
+        partial = max(0, n - 2) * size
+        if op == "SUM":
+            if any(c != 1.0 for c in p.coeff):  # the running sum and one scaled input
+                return LayerMemory(workspace=2 * size, backward_workspace=size)
+            return LayerMemory(diff_alias=True, workspace=min(partial, size))
+        if op == "PROD":
+            saved = tuple(Saved("bottom", i) for i in range(n))
+            return LayerMemory(saved=saved + (Saved("new", nbytes=size),) * (n - 2))
+        return LayerMemory(saved=(Saved("new", nbytes=nbytes(tops[0], 1)),) * (n - 1),
+                           workspace=min(partial, size))
+
 
 @register
 class Reduction(LayerDef):
@@ -276,6 +318,16 @@ class Reduction(LayerDef):
         p = layer.reduction_param
         axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0])
         return _torch.LoweredReduction(p.operation.name, axis, float(p.coeff))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """SUM/MEAN keep nothing; ASUM/SUMSQ keep x for ``abs``/the square, whose
+        bottom-sized result is a temporary before the sum."""
+        if layer.reduction_param.operation.name in ("ASUM", "SUMSQ"):
+            size = nbytes(bottoms[0])
+            return LayerMemory(saved=(Saved("bottom", 0),), workspace=size,
+                               backward_workspace=size)
+        return LayerMemory()
 
 
 @register
@@ -324,6 +376,12 @@ class ArgMax(LayerDef):
         axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0]) if has(p, "axis") else None
         return _torch.LoweredArgMax(p.top_k, p.out_max_val, axis)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Works on the detached input: a flipped copy, then a full sort (values and
+        int64 indices, and 2 bytes an element of sort scratch, as measured)."""
+        return LayerMemory(differentiable=False, workspace=nbytes(bottoms[0], 18))
+
 
 # --------------------------------------------------------------------------- torch modules
 def _define() -> list[type]:
@@ -347,7 +405,7 @@ def _define() -> list[type]:
             if self.transpose:
                 y = torch.matmul(x, self.blob(0))
                 return y if bias is None else y + bias
-            return F.linear(x, self.blob(0), bias)
+            return CF.linear(x, self.blob(0), bias)
 
         def extra_repr(self) -> str:
             return f"axis={self.axis}, transpose={self.transpose}, bias={self.bias_term}"

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import fail
-from netdef.layers.registry import LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (LayerDef, LayerMemory, MemoryContext, Shape, ShapeContext,
+                                    register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -106,6 +107,11 @@ class _Data(LayerDef):
                           loc=loc_of(layer),
                           hint="pass them by name: net(**{top: tensor}); "
                                "netdef.lowering.module.build does this for you")
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Data tops are the lowered net's inputs: the caller owns them."""
+        return LayerMemory(differentiable=False)
 
 
 # --- LMDB Datum ---------------------------------------------------------------------
@@ -338,6 +344,11 @@ class HDF5Output(LayerDef):
                               loc=loc_of(layer),
                               hint='set hdf5_output_param { file_name: "out.h5" }')
         return _define()["HDF5OutputModule"](name)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Writes detached copies (numpy): no node."""
+        return LayerMemory(differentiable=False)
 
 
 @register

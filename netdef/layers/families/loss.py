@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import canonical_axis, count, fail, need_bottoms
-from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (Counts, LayerDef, LayerMemory, MemoryContext, Saved,
+                                    Shape, ShapeContext, nbytes, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -56,6 +57,11 @@ class _Loss(LayerDef):
                tops: Sequence[Shape]) -> Counts:
         return Counts(0, self.per_element * count(bottoms[0]) + self.per_label * count(bottoms[1]))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Default loss: keeps the prediction; labels get no gradient."""
+        return LayerMemory(saved=(Saved("bottom", 0),), no_grad_bottoms=(1,))
+
 
 def _check_labels(layer: "LayerParameter", pred: Shape, label: Shape, axis: int) -> int:
     """Labels must number outer·inner around the class ``axis``; returns the axis."""
@@ -88,6 +94,22 @@ class SoftmaxWithLoss(_Loss):
             layer.softmax_param.axis, ignore_label(layer), normalization_mode(layer, "VALID"),
             _n_tops(layer))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Keeps the log-softmax (bottom-sized, read by its backward and by the gather's),
+        the int64 labels (the gather's index) and the float valid mask: 12 bytes a label.
+        The probabilities are computed either way (a temporary unless they are top 1;
+        without autograd the log-softmax is gone by then); a class axis with positions
+        after it is moved last by a copy; the label checks make ~16 bytes a label.  The
+        backward scatters into a zero-filled bottom-sized tensor first."""
+        size, labels = nbytes(bottoms[0]), count(bottoms[1])
+        axis = canonical_axis(layer, layer.softmax_param.axis, bottoms[0])
+        copy = size if count(bottoms[0], axis + 1) > 1 else 0
+        prob = size if len(tops) < 2 and ctx.grad else 0
+        return LayerMemory(saved=(Saved("new", nbytes=size), Saved("new", nbytes=12 * labels)),
+                           no_grad_bottoms=(1,), no_grad_tops=(1,),
+                           workspace=copy + prob + 16 * labels, backward_workspace=size)
+
 
 @register
 class EuclideanLoss(_Loss):
@@ -107,6 +129,13 @@ class EuclideanLoss(_Loss):
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         return _define()["EuclideanLossModule"]()
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``d = a − b`` is kept (its square's backward reads it); the square is a
+        temporary.  Backward: d's diff lives only until the two bottom diffs exist."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("new", nbytes=size),), workspace=size)
+
 
 @register
 class HingeLoss(_Loss):
@@ -120,6 +149,13 @@ class HingeLoss(_Loss):
 
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         return _define()["HingeLossModule"](layer.hinge_loss_param.norm.name)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Keeps the ±1 sign tensor and the margins (relu's output)."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("new", nbytes=size),) * 2, no_grad_bottoms=(1,),
+                           workspace=size)
 
 
 @register
@@ -174,6 +210,14 @@ class InfogainLoss(_Loss):
                                               normalization_mode(layer, "VALID"), h,
                                               _n_tops(layer))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Keeps the log-softmax, its clamped form and the gathered H rows."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("new", nbytes=size),) * 3, no_grad_tops=(1,),
+                           no_grad_bottoms=tuple(range(1, len(bottoms))), workspace=2 * size,
+                           backward_workspace=size)
+
 
 @register
 class MultinomialLogisticLoss(_Loss):
@@ -192,6 +236,11 @@ class MultinomialLogisticLoss(_Loss):
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         return _define()["MultinomialLogisticLossModule"]()
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``gather`` keeps the probabilities."""
+        return LayerMemory(saved=(Saved("bottom", 0),), no_grad_bottoms=(1,))
+
 
 @register
 class SigmoidCrossEntropyLoss(_Loss):
@@ -208,6 +257,14 @@ class SigmoidCrossEntropyLoss(_Loss):
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         return _define()["SigmoidCrossEntropyLossModule"](
             ignore_label(layer), normalization_mode(layer, "BATCH_SIZE"))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Caffe's overflow-safe formula in torch ops: ``t − [x≥0]``, the indicator, the
+        exp and the log's input are kept (4 bottom-sized tensors)."""
+        size = nbytes(bottoms[0])  # (without autograd ~4 bottom-sized tensors at a time)
+        return LayerMemory(saved=(Saved("new", nbytes=size),) * 4, no_grad_bottoms=(1,),
+                           workspace=3 * size if ctx.grad else 0, backward_workspace=size)
 
 
 @register
@@ -240,6 +297,13 @@ class ContrastiveLoss(_Loss):
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         p = layer.contrastive_loss_param
         return _define()["ContrastiveLossModule"](float(p.margin), bool(p.legacy_version))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """netdef's Function keeps ``a − b`` (and per-pair scalars)."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("new", nbytes=size),), no_grad_bottoms=(2,),
+                           workspace=size, backward_workspace=size)
 
 
 @register
@@ -276,6 +340,12 @@ class Accuracy(LayerDef):
         p = layer.accuracy_param
         ignore = int(p.ignore_label) if has(p, "ignore_label") else None
         return _define()["AccuracyModule"](int(p.top_k), int(p.axis), ignore, _n_tops(layer))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Detached: a bool per score (``scores >= true``), summed through an int64
+        copy; no node."""
+        return LayerMemory(differentiable=False, workspace=nbytes(bottoms[0], 9))
 
 
 # --- lowering -------------------------------------------------------------------------

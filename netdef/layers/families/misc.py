@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import fail
-from netdef.layers.registry import LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (LayerDef, LayerMemory, MemoryContext, Shape, ShapeContext,
+                                    register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -33,6 +34,11 @@ class Parameter(LayerDef):
 
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         return _define()["ParameterModule"](ctx.blobs)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """The top is the learnable blob itself: no activation memory."""
+        return LayerMemory(param_tops=True)
 
 
 @register

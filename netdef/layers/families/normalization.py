@@ -17,7 +17,8 @@ from netdef.ir.schema import has
 from netdef.layers.families._util import (Elementwise, canonical_axis, count, fail,
                                           fmt_float, need_bottoms)
 from netdef.layers.families.common import TorchModules, filler_or
-from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (Counts, LayerDef, LayerMemory, MemoryContext, Saved,
+                                    Shape, ShapeContext, nbytes, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @register
 class LRN(Elementwise):
     """Local response normalisation over (N, C, H, W); ``local_size`` must be odd."""
+    top_saved_for_backward = False
 
     type = "LRN"
     param_field = "lrn_param"
@@ -64,10 +66,29 @@ class LRN(Elementwise):
         return _torch.LoweredLRN(p.norm_region.name, p.local_size, float(p.alpha),
                                  float(p.beta), float(p.k))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """ACROSS_CHANNELS (netdef's autograd Function, ops/lrn.py) keeps x, ``scale``
+        and ``scale^-β``; its backward holds one temporary (``dy·x·scale^-β/scale``)
+        beside the diff.  Without autograd the scale buffer becomes the top, with one
+        temporary (x² or the square root).  WITHIN_CHANNEL is plain torch ops: x, x²
+        (avg_pool2d's input), the pow base and result are kept."""
+        size = nbytes(bottoms[0])
+        if layer.lrn_param.norm_region.name == "WITHIN_CHANNEL":
+            if not ctx.grad:
+                return LayerMemory(workspace=2 * size)
+            return LayerMemory(saved=(Saved("bottom", 0),) + (Saved("new", nbytes=size),) * 3,
+                               workspace=size, backward_workspace=3 * size)
+        if not ctx.grad:
+            return LayerMemory(workspace=size)
+        return LayerMemory(saved=(Saved("bottom", 0), Saved("new", nbytes=size),
+                                  Saved("new", nbytes=size)), backward_workspace=size)
+
 
 @register
 class BatchNorm(Elementwise):
     """Blobs: mean (C,), variance (C,), moving-average factor (1,)."""
+    top_saved_for_backward = False
 
     type = "BatchNorm"
     param_field = "batch_norm_param"
@@ -120,6 +141,23 @@ class BatchNorm(Elementwise):
         return _torch.LoweredBatchNorm(ctx.blobs, use_global, float(p.moving_average_fraction),
                                        float(p.eps), len(ctx.info.bottom_shapes[0]))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Batch statistics (ops/normalization.py ``batch_norm``): the centred input is
+        kept (the division's numerator); its square dies before the top is made; the
+        backward of the division, mean and square makes about three bottom-sized
+        temporaries.  Global statistics: ``x − mean`` dies in the division, nothing
+        bottom-sized is kept.  Either way the top is a new tensor even when Caffe runs
+        the layer in place."""
+        from netdef.ir.schema import has
+
+        p, size = layer.batch_norm_param, nbytes(bottoms[0])
+        use_global = bool(p.use_global_stats) if has(p, "use_global_stats") else (
+            ctx.phase != "TRAIN")
+        if use_global:
+            return LayerMemory(workspace=size)
+        return LayerMemory(saved=(Saved("new", nbytes=size),), backward_workspace=3 * size)
+
 
 @register
 class MVN(Elementwise):
@@ -144,6 +182,17 @@ class MVN(Elementwise):
         p = layer.mvn_param
         return _torch.LoweredMVN(bool(p.normalize_variance), bool(p.across_channels),
                                  float(p.eps))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """With ``normalize_variance`` netdef's Function keeps its output (and the small
+        std); the centred input and its square are forward temporaries.  Mean-only is one
+        subtraction that keeps nothing."""
+        size = nbytes(bottoms[0])
+        if not layer.mvn_param.normalize_variance:  # x's two diffs are summed out of place
+            return LayerMemory(backward_workspace=size)
+        return LayerMemory(saved=(Saved("top", 0),) if ctx.grad else (), workspace=size,
+                           backward_workspace=2 * size)
 
 
 class _Broadcast(LayerDef):
@@ -193,9 +242,11 @@ class _Broadcast(LayerDef):
         return axis, len(shape) - axis - len(operand)
 
 
+
 @register
 class Scale(_Broadcast):
     """y = x·γ (+β): γ learned (1 bottom) or bottom[1]; β learned if ``bias_term``."""
+    top_saved_for_backward = False
 
     type = "Scale"
     param_field = "scale_param"
@@ -231,9 +282,21 @@ class Scale(_Broadcast):
         return _torch.LoweredScale(ctx.blobs, lead, trail, len(ctx.info.bottoms) > 1,
                                    bool(layer.scale_param.bias_term))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``x·γ`` keeps x (for γ's gradient) and a bottom γ (for x's); with a bias term
+        the product is a temporary before the add.  Backward: ``g·x`` before it is
+        reduced to γ's shape (unless γ is a bottom as large as x)."""
+        saved = tuple(Saved("bottom", i) for i in range(len(bottoms)))
+        size = nbytes(bottoms[0])
+        reduced = len(bottoms) == 1 or nbytes(bottoms[1]) < size
+        return LayerMemory(saved=saved, workspace=size if layer.scale_param.bias_term else 0,
+                           backward_workspace=size if reduced else 0)
+
 
 @register
 class Bias(_Broadcast):
+    top_saved_for_backward = False
     type = "Bias"
     param_field = "bias_param"
 
@@ -250,6 +313,11 @@ class Bias(_Broadcast):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         lead, trail = self._broadcast_axes(layer, ctx)
         return _torch.LoweredBias(ctx.blobs, lead, trail, len(ctx.info.bottoms) > 1)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``x + β`` keeps nothing; x's diff is the top diff itself."""
+        return LayerMemory(diff_alias=len(bottoms) == 1)
 
 
 # --------------------------------------------------------------------------- torch modules
@@ -306,6 +374,15 @@ def _define() -> list[type]:
             var = (self.blob(1).detach() * inv).reshape(self.stat_shape)
             return (x - mean) / torch.sqrt(var + self.eps)
 
+        def channel_affine(self):  # noqa: ANN201
+            use_global = (not self.training) if self.use_global is None else self.use_global
+            if not use_global or self.stat_shape[:2] != (1, -1):
+                return None
+            s = self.blob(2).detach().reshape(-1)[:1]
+            inv = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            inv_std = torch.rsqrt(self.blob(1).detach().reshape(-1) * inv + self.eps)
+            return inv_std, -(self.blob(0).detach().reshape(-1) * inv) * inv_std
+
         def extra_repr(self) -> str:
             mode = "follow training" if self.use_global is None else (
                 "global stats" if self.use_global else "batch stats")
@@ -341,6 +418,13 @@ def _define() -> list[type]:
                 y = y + view(self.blob(0 if self.scale_bottom else 1), self.lead, self.trail)
             return y
 
+        def channel_affine(self):  # noqa: ANN201
+            if self.scale_bottom or self.lead != 1 or self.blob(0).dim() != 1:
+                return None
+            a = self.blob(0).detach()
+            b = self.blob(1).detach() if self.bias_term else torch.zeros_like(a)
+            return a, b
+
         def extra_repr(self) -> str:
             return (f"axes before={self.lead}, after={self.trail}, "
                     f"scale from {'bottom 1' if self.scale_bottom else 'blob 0'}, "
@@ -357,6 +441,12 @@ def _define() -> list[type]:
             if not self.bias_bottom:
                 bias = self.blob(0)
             return x + view(bias, self.lead, self.trail)
+
+        def channel_affine(self):  # noqa: ANN201
+            if self.bias_bottom or self.lead != 1 or self.blob(0).dim() != 1:
+                return None
+            b = self.blob(0).detach()
+            return torch.ones_like(b), b
 
     return [LoweredLRN, LoweredBatchNorm, LoweredMVN, LoweredScale, LoweredBias]
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from netdef.layers.families._util import count, fail, need_bottoms
-from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (Counts, LayerDef, LayerMemory, MemoryContext, Saved, Shape,
+                                    ShapeContext, nbytes, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -43,6 +44,8 @@ class _Recurrent(LayerDef):
     param_field = "recurrent_param"
     category = "recurrent"
     n_states = 1  # recurrent input/output blobs (h; LSTM adds c)
+    saved_per_step = 3  # (N, H) tensors autograd keeps per step (module doc of memory())
+    gates = 1  # the all-steps input projection, in (T, N, H) units
 
     def allow_force_backward(self, layer: "LayerParameter", bottom_index: int) -> bool:
         return bottom_index != 1  # the sequence-continuation indicators
@@ -105,6 +108,24 @@ class _Recurrent(LayerDef):
         cls = _define()["CaffeLSTM" if self.n_states == 2 else "CaffeRNN"]
         return cls(ctx.blobs, static, bool(p.expose_hidden))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """The input projection of all steps at once (``gates`` (T, N, H) units) and the
+        step outputs (one unit, until ``cat``) are forward temporaries; autograd keeps x
+        (the projection's input) and ``saved_per_step`` (N, H) tensors a step (see
+        LSTM/RNN), while without autograd each step's tensors die at once.  Backward:
+        every step's slice of the projection gets a zero-filled projection-sized diff
+        that is added into the accumulated one.  ``cont`` gets no gradient."""
+        t, n, h, _ = self._setup(layer, bottoms)
+        unit = nbytes((t, n, h))
+        gates = self.gates * unit
+        if not ctx.grad:
+            return LayerMemory(no_grad_bottoms=(1,), workspace=gates + unit)
+        steps = Saved("new", nbytes=self.saved_per_step * unit)
+        return LayerMemory(saved=(Saved("bottom", 0), steps), no_grad_bottoms=(1,),
+                           workspace=gates + unit,
+                           backward_workspace=2 * gates)
+
 
 @register
 class LSTM(_Recurrent):
@@ -112,6 +133,9 @@ class LSTM(_Recurrent):
     bottoms = (2, 5)
     tops = (1, 3)
     n_states = 2
+    # per step: h·cont (the W_hc product's input), i, σ(f), σ(f)·cont, o, tanh(g), c, tanh(c)
+    saved_per_step = 8
+    gates = 4
     bias_blobs = ("b_c",)
 
     def blob_names(self, static: bool) -> list[str]:
@@ -137,6 +161,7 @@ class RNN(_Recurrent):
     type = "RNN"
     bottoms = (2, 4)
     tops = (1, 2)
+    saved_per_step = 3  # h·cont (W_hh's input), h = tanh(·), o = tanh(·)
     bias_blobs = ("b_h", "b_o")
 
     def blob_names(self, static: bool) -> list[str]:
@@ -185,6 +210,14 @@ class LSTMUnit(LayerDef):
 
     def lower(self, layer: "LayerParameter", ctx: Any) -> Any:
         return _define()["LSTMUnitModule"]()
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Keeps c_prev, the three sigmoid gates, tanh(g) and tanh(c) (5 × N·D new);
+        backward: each gate slice's zero-filled gates-sized diff, added into the first."""
+        size = nbytes(bottoms[0])
+        return LayerMemory(saved=(Saved("bottom", 0), Saved("new", nbytes=5 * size)),
+                           no_grad_bottoms=(2,), backward_workspace=nbytes(bottoms[1]))
 
 
 # --- lowering -------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Sequence
 from netdef.ir.schema import has
 from netdef.layers.families._util import canonical_axis, count, fail, n_tops, need_bottoms
 from netdef.layers.families.common import TorchModules
-from netdef.layers.registry import LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (LayerDef, LayerMemory, MemoryContext, Shape, ShapeContext,
+                                    nbytes, register)
 
 if TYPE_CHECKING:  # pragma: no cover
     from netdef.ir.messages import LayerParameter
@@ -17,6 +18,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class _Structure(LayerDef):
     category = "structure"
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Data movement keeps nothing for backward (only sizes and small indices);
+        the tops are new tensors and each bottom gets its own diff."""
+        return LayerMemory()
 
 
 def _legacy_axis(layer: "LayerParameter", p, legacy: str, shape: Shape) -> int:
@@ -33,6 +40,7 @@ def _legacy_axis(layer: "LayerParameter", p, legacy: str, shape: Shape) -> int:
 
 @register
 class Concat(_Structure):
+    top_saved_for_backward = False
     type = "Concat"
     param_field = "concat_param"
     v1_type = "CONCAT"
@@ -62,6 +70,14 @@ class Concat(_Structure):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         shape = tuple(ctx.info.bottom_shapes[0])
         return _torch.LoweredConcat(_legacy_axis(layer, layer.concat_param, "concat_dim", shape))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``torch.cat`` keeps nothing; its backward narrows the top diff (views).  One
+        bottom is returned as is."""
+        if len(bottoms) == 1:
+            return LayerMemory(same=True)
+        return LayerMemory(diff_alias=True)
 
 
 @register
@@ -110,6 +126,14 @@ class Slice(_Structure):
         return _torch.LoweredSlice(axis, tuple(int(x) for x in p.slice_point),
                                    len(ctx.info.tops))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """The tops are views of the bottom.  In backward every top's slice makes a
+        bottom-sized zero-filled diff; they are added into the first."""
+        if len(tops) == 1:
+            return LayerMemory(same=True)
+        return LayerMemory(alias=(0,) * len(tops), backward_workspace=nbytes(bottoms[0]))
+
 
 @register
 class Split(_Structure):
@@ -129,6 +153,11 @@ class Split(_Structure):
         # the builder never calls it (it reuses the blob; autograd sums the gradients)
         return _torch.LoweredSplit(len(ctx.info.tops))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Free: every top is the bottom tensor; autograd sums the consumers' diffs."""
+        return LayerMemory(same=True)
+
 
 @register
 class Silence(_Structure):
@@ -145,6 +174,11 @@ class Silence(_Structure):
 
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         return _torch.LoweredSilence()
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Returns nothing: no node, no diffs."""
+        return LayerMemory(differentiable=False)
 
 
 @register
@@ -172,6 +206,11 @@ class Flatten(_Structure):
         self.shapes(layer, ctx.info.bottom_shapes, None)
         return _torch.LoweredFlatten(canonical_axis(layer, p.axis, shape),
                                      canonical_axis(layer, p.end_axis, shape, "end_axis"))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """A view: the top shares the bottom's storage, the diff is a view too."""
+        return LayerMemory(alias=(0,), diff_alias=True)
 
 
 @register
@@ -234,6 +273,11 @@ class Reshape(_Structure):
                      for i, d in enumerate(p.shape.dim))
         return _torch.LoweredReshape(start, end, spec, tuple(ctx.info.top_shapes[0]))
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """A view: the top shares the bottom's storage, the diff is a view too."""
+        return LayerMemory(alias=(0,), diff_alias=True)
+
 
 @register
 class Crop(_Structure):
@@ -276,6 +320,18 @@ class Crop(_Structure):
                         (int(p.offset[i - start]) if p.offset else 0)
                         for i in range(start, len(big)))
         return _torch.LoweredCrop(start, offsets)
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Basic indexing: the top is a view of bottom 0; bottom 1 only gives sizes.  The
+        backward scatters the diff into a zero-filled bottom-sized tensor, one cropped
+        axis at a time (the partial results are temporaries)."""
+        cropped = [i for i, (a, b) in enumerate(zip(bottoms[0], tops[0])) if a != b]
+        partial = list(tops[0])  # the last partial result, alive as the final one is made
+        for i in cropped[1:]:
+            partial[i] = bottoms[0][i]
+        return LayerMemory(alias=(0,), no_grad_bottoms=(1,),
+                           backward_workspace=nbytes(partial) if len(cropped) > 1 else 0)
 
 
 @register
@@ -336,6 +392,12 @@ class Filter(_Structure):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         return _torch.LoweredFilter(len(ctx.info.bottoms) - 1)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``index_select`` keeps only the (small) kept indices; the selector gets no
+        gradient."""
+        return LayerMemory(no_grad_bottoms=(len(bottoms) - 1,))
+
 
 @register
 class BatchReindex(_Structure):
@@ -354,6 +416,11 @@ class BatchReindex(_Structure):
 
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         return _torch.LoweredBatchReindex()
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """``index_select`` keeps only the indices, which get no gradient."""
+        return LayerMemory(no_grad_bottoms=(1,))
 
 
 # --------------------------------------------------------------------------- torch modules

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Sequence
 from netdef.layers.families._util import (canonical_axis, count, fail, n_tops, need_bottoms,
                                           where)
 from netdef.layers.families.common import TorchModules, weight_bias_fillers
-from netdef.layers.registry import Counts, LayerDef, Shape, ShapeContext, register
+from netdef.layers.registry import (Counts, LayerDef, LayerMemory, MemoryContext, Saved,
+                                    Shape, ShapeContext, nbytes, register, saves_bottoms)
 from netdef.layers.spatial import (Window, conv_shape, conv_window, describe, pool_shape,
                                    pool_window)
 from netdef.ir.schema import has
@@ -60,6 +61,7 @@ class _ConvBase(LayerDef):
     tops = (1, None)  # one top per bottom (Caffe's EqualNumBottomTopBlobs)
     category = "conv"
     deconv = False
+    top_saved_for_backward = False
 
     def _setup(self, layer: "LayerParameter", bottoms: Sequence[Shape]) -> tuple[int, int, Window]:
         """Check the params against bottom 0; (channel axis, channels, window)."""
@@ -113,6 +115,21 @@ class _ConvBase(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         return _conv_text(layer.convolution_param)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Autograd keeps each bottom (and the weight, a param).  On the CPU oneDNN
+        computes in a channel-blocked layout: forward holds the blocked output (about a
+        top) or the reordered input + weight, whichever is larger, until the plain top
+        is written; backward reorders the top diff, the input and the weight diff."""
+        weight = nbytes(self.params(layer, bottoms)[0])
+        fwd = bwd = 0
+        if ctx.device == "cpu":
+            for b, t in zip(bottoms, tops):  # deconvolution: two top-sized buffers
+                fwd = max(fwd, nbytes(b) + weight, nbytes(t) * (1 + self.deconv))
+                bwd = max(bwd, nbytes(t) + nbytes(b) + weight)
+        return LayerMemory(saved=saves_bottoms(len(bottoms)), workspace=fwd,
+                           backward_workspace=bwd)
+
     def fillers(self, layer: "LayerParameter", n_blobs: int) -> list:
         return weight_bias_fillers(layer.convolution_param, n_blobs)
 
@@ -164,6 +181,11 @@ class Im2col(LayerDef):
     def summary(self, layer: "LayerParameter") -> str:
         return _conv_text(layer.convolution_param, show_out=False)
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """F.unfold's backward (col2im) needs only sizes: nothing is saved."""
+        return LayerMemory()
+
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         shape = tuple(ctx.info.bottom_shapes[0])
         axis = canonical_axis(layer, layer.convolution_param.axis, shape)
@@ -174,6 +196,25 @@ class Im2col(LayerDef):
         return _torch.LoweredIm2col(axis, w, tuple(ctx.info.top_shapes[0][axis + 1:]))
 
 
+def _pool_padding(hw: tuple[int, int], w: Window,
+                  out: tuple[int, ...]) -> tuple[int, int] | None:
+    """None when torch's own pooling has Caffe's output grid ``out`` (the lowering's
+    usual path), else the right/bottom padding the lowering adds (see LoweredPooling)."""
+    k, s, p = w.kernel, w.stride, w.pad
+    if all(pi <= ki // 2 for pi, ki in zip(p, k)):
+        for ceil in (False, True):
+            sizes = []
+            for i in range(2):
+                q = (hw[i] + 2 * p[i] - k[i]) / s[i]
+                o = (math.ceil(q) if ceil else math.floor(q)) + 1
+                if ceil and (o - 1) * s[i] >= hw[i] + p[i]:
+                    o -= 1
+                sizes.append(o)
+            if tuple(sizes) == tuple(out):
+                return None
+    return tuple(max(0, (out[i] - 1) * s[i] + k[i] - hw[i] - p[i]) for i in range(2))
+
+
 def _pool_flops(p, window: Window, top: Shape) -> int:
     per = math.prod(window.kernel) + (1 if p.pool.name == "AVE" else 0)
     return count(top) * per
@@ -182,6 +223,7 @@ def _pool_flops(p, window: Window, top: Shape) -> int:
 @register
 class Pooling(LayerDef):
     """MAX/AVE/STOCHASTIC pooling over (N, C, H, W); MAX may output its argmax mask."""
+    top_saved_for_backward = False
 
     type = "Pooling"
     param_field = "pooling_param"
@@ -211,6 +253,32 @@ class Pooling(LayerDef):
     def counts(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape]) -> Counts:
         return Counts(0, _pool_flops(layer.pooling_param, self._window(layer, bottoms), tops[0]))
+
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """MAX: max_pool2d_with_indices keeps the input and int64 indices (8 bytes per
+        top element; the CPU kernel makes them even without autograd).  AVE:
+        avg_pool2d's backward reads its input.  Where torch's grid differs from Caffe's
+        the input is padded first, and the padded copy is what is kept.  STOCHASTIC keeps
+        its unfolded windows and the sampled indices."""
+        p, w = layer.pooling_param, self._window(layer, bottoms)
+        method, top = p.pool.name, tops[0]
+        n, c, h, wd = bottoms[0]
+        if method == "STOCHASTIC":
+            cols = nbytes((n, c, math.prod(w.kernel)) + tuple(top[2:]))
+            saved = (Saved("new", nbytes=cols), Saved("new", nbytes=nbytes(top, 8)))
+            return LayerMemory(saved=saved if ctx.grad else (), workspace=cols)
+        extra = _pool_padding((h, wd), w, tuple(top[2:]))
+        kept: tuple[Saved, ...] = (Saved("bottom", 0),)
+        if extra is not None:  # F.pad: a padded copy of the input is what pooling reads
+            kept = (Saved("new", nbytes=nbytes((n, c, h + w.pad[0] + extra[0],
+                                                wd + w.pad[1] + extra[1]))),)
+        if method == "MAX":
+            indices = Saved("new", nbytes=nbytes(top, 8))
+            mask = (1,) if len(tops) > 1 else ()  # the mask top carries no gradient
+            return LayerMemory(saved=kept + (indices,) if ctx.grad else (indices,),
+                               no_grad_tops=mask)
+        return LayerMemory(saved=kept if ctx.grad else ())
 
     def summary(self, layer: "LayerParameter") -> str:
         p = layer.pooling_param
@@ -290,6 +358,21 @@ class SPP(LayerDef):
         p = layer.spp_param
         return f"{p.pool.name} pyramid {p.pyramid_height}"
 
+    def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
+               tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
+        """Each level pools the same bottom (kept once) and, for MAX, keeps its int64
+        indices; the level outputs live until ``cat`` joins them; in backward each level
+        makes a bottom-sized diff that is added into the first."""
+        levels = self._levels(layer, bottoms)
+        method = layer.spp_param.pool.name
+        indices = sum(nbytes(s, 8) for _, s in levels) if method == "MAX" else 0
+        outs = sum(nbytes(s) for _, s in levels) if len(levels) > 1 else 0
+        if not ctx.grad:
+            return LayerMemory(workspace=outs + indices)
+        saved = (Saved("bottom", 0),) + ((Saved("new", nbytes=indices),) if indices else ())
+        return LayerMemory(saved=saved, workspace=outs,
+                           backward_workspace=nbytes(bottoms[0]) if len(levels) > 1 else 0)
+
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         p = layer.spp_param
         hw = tuple(ctx.info.bottom_shapes[0][2:])
@@ -345,6 +428,22 @@ def _define() -> list[type]:
             if self.n_bottoms == 1:
                 return self._one(xs[0])
             return tuple(self._one(x) for x in xs)
+
+        def absorb_channel_affine(self, a, b):  # noqa: ANN001, ANN201
+            """``W' = a[o]·W[o]``, ``b' = a·bias + b`` (a convolution, not a deconvolution:
+            its output channels are the weight's first axis)."""
+            if self.deconv or self.axis != 1 or self.n_bottoms != 1:
+                return None
+            w = self.blob(0).detach()
+            if a.numel() != w.shape[0]:
+                return None
+            bias = self.blob(1).detach() if self.bias_term else torch.zeros_like(a)
+            blobs = [torch.nn.Parameter(w * a.reshape((-1,) + (1,) * (w.dim() - 1)),
+                                        requires_grad=False),
+                     torch.nn.Parameter(bias.reshape(-1) * a + b, requires_grad=False)]
+            new = LoweredConvolution(blobs, False, 1, self.stride, self.pad, self.dilation,
+                                     self.group, 1)
+            return new.train(self.training)
 
         def extra_repr(self) -> str:
             kind = "deconv" if self.deconv else "conv"
