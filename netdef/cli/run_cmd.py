@@ -77,6 +77,23 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="channels-last memory format for the module and 4-D inputs")
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matmuls/convolutions on CUDA (default off)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile (inductor) the net; falls back to eager with a "
+                        "one-line message when the compiler is unavailable")
+    p.add_argument("--no-fold", action="store_true",
+                   help="keep BatchNorm/Scale layers after convolutions as they are "
+                        "(default at TEST: folded into the convolution's weights)")
+
+
+def fast_runner(module, args: argparse.Namespace):  # noqa: ANN001, ANN201
+    """The eval-mode ``module`` as ``run``/``time`` execute it: BatchNorm/Scale folded into
+    convolutions (unless ``--no-fold``) and ``torch.compile``d with ``--compile``."""
+    from netdef.lowering import runtime as rt
+    from netdef.lowering.fold import fold_inference
+
+    if not getattr(args, "no_fold", False):
+        module, _ = fold_inference(module)
+    return rt.CompiledRunner(module) if getattr(args, "compile", False) else module
 
 
 @dataclass
@@ -103,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     device = rt.pick_device(args.device)
     dtype = rt.parse_dtype(args.dtype)
     rt.set_tf32(args.tf32)
+    rt.prepare_host()
 
     loaded = load_net(args.file, phase=args.phase or "TEST", level=args.level,
                       stages=tuple(args.stage))
@@ -144,11 +162,11 @@ def run(args: argparse.Namespace) -> int:
 
     per_layer = None
     with torch.inference_mode(), rt.autocast(device, dtype):
-        if args.save_all:
+        if args.save_all:  # every layer's own tops: the net as written, layer by layer
             per_layer = run_layers(module, analysis, inputs)
             outputs = _final_blobs(analysis, per_layer)
         else:
-            outputs = module(**inputs)
+            outputs = fast_runner(module, args)(**inputs)
     outputs = {k: _f32(v) for k, v in outputs.items()}
     if not analysis.outputs:
         raise NetdefError("the net has no output blob")

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: the solver's solver_mode)")
     p.add_argument("--iterations", type=int, help="override max_iter")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG curve")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile (inductor) the train and test nets; falls back to "
+                        "eager with a one-line message when the compiler is unavailable")
     p.add_argument("--gpus", metavar="IDS",
                    help="data-parallel on these GPUs, e.g. 0,1 or all (Caffe's -gpu): starts "
                         "torchrun with one process per GPU; each GPU trains the net's "
@@ -95,6 +98,10 @@ def _train(args: argparse.Namespace, device_arg: str | None, launch) -> int:  # 
     if args.weights:
         solver = update(solver, weights=tuple(weights))
     device = pick_device(solver, device_arg)
+    if device.type == "cpu":
+        from netdef.lowering.runtime import prepare_host
+
+        prepare_host()
     group = None
     if launch:
         device = dist.rank_device(device, launch)
@@ -119,6 +126,11 @@ def _train(args: argparse.Namespace, device_arg: str | None, launch) -> int:  # 
                 for w in weights:
                     out.write(f"Finetuning from {w}\n")
                     load_file(net.module, w, net_layers=[l.name for l in net.analysis.layers])
+            if args.compile:
+                from netdef.lowering.runtime import CompiledRunner
+
+                for net in [train, *tests]:
+                    net.runner = CompiledRunner(net.module)
             if args.snapshot:
                 out.write(f"Resuming from {args.snapshot}\n")
             progress = sys.stderr.isatty() and rank == 0

@@ -13,7 +13,9 @@ Conventions (documented for users and exporters):
 * inputs are the tops of data/Input layers, passed by blob name;
 * ``forward`` returns a dict of the net's outputs by blob name (Caffe's output order);
 * in-place layers rebind their blob: later consumers see the overwritten value, and
-  Split layers are free (the blob is reused; autograd sums the gradients).
+  Split layers are free (the blob is reused; autograd sums the gradients).  Where no one
+  else can read the old value (see :func:`_may_overwrite`) an in-place ReLU really
+  writes into its bottom tensor, as Caffe does: one blob less, no copy.
 """
 from __future__ import annotations
 
@@ -42,6 +44,17 @@ class LayerModule(nn.Module):
     def num_blobs(self) -> int:
         return len(self._parameters)
 
+    # --- inference folding (netdef.lowering.fold) ---------------------------------------
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(a, b)`` when this layer, as it runs now, is ``y = a[c]·x + b[c]`` per channel
+        of axis 1 (BatchNorm with global stats, Scale, Bias); ``None`` otherwise."""
+        return None
+
+    def absorb_channel_affine(self, a: torch.Tensor, b: torch.Tensor) -> "LayerModule | None":
+        """A new module computing ``a[c]·self(x) + b[c]`` (a convolution folds it into its
+        weights and bias), or ``None`` when this layer cannot absorb it."""
+        return None
+
 
 @dataclass
 class LowerContext:
@@ -50,6 +63,9 @@ class LowerContext:
     info: LayerInfo
     phase: str  # "TRAIN" | "TEST"
     blobs: list[nn.Parameter]  # learnable blobs (shared ones already resolved)
+    # an in-place layer may really write into its bottom: the bottom is a fresh tensor of
+    # a producer whose backward does not read it (not a net input, not a Split's alias)
+    overwrite_ok: bool = False
 
     @property
     def training(self) -> bool:
@@ -66,8 +82,13 @@ class CaffeNet(fx.GraphModule):
 
 
 def build(analysis: NetAnalysis, *, fill: bool = True, generator: torch.Generator | None = None,
-          device: torch.device | str | None = None) -> CaffeNet:
-    """Lower an analysed net (see module doc); parameters are filled by Caffe's fillers."""
+          device: torch.device | str | None = None, overwrite: bool = True) -> CaffeNet:
+    """Lower an analysed net (see module doc); parameters are filled by Caffe's fillers.
+
+    ``overwrite``: Caffe's in-place layers may write into their bottom tensor where that
+    is safe (``LowerContext.overwrite_ok``), saving a blob per layer; ``False`` keeps every
+    blob version (to read the gradient of each, as the per-layer parity tests do).
+    """
     from netdef.lowering.fillers import fill_blob
 
     root = nn.Module()
@@ -76,8 +97,12 @@ def build(analysis: NetAnalysis, *, fill: bool = True, generator: torch.Generato
     env: dict[str, fx.Node] = {}
     inputs: list[str] = []
     loss_weights: dict[str, float] = {}
+    producer: dict[str, LayerInfo] = {}  # blob -> the layer whose top it is now
     for info in analysis.layers:
         defn = info.defn
+        overwrite_ok = overwrite and _may_overwrite(info, producer)
+        for t in info.tops:
+            producer[t] = info
         if defn.is_data:
             for top in info.tops:
                 env[top] = graph.placeholder(_identifier(top, env))
@@ -96,7 +121,7 @@ def build(analysis: NetAnalysis, *, fill: bool = True, generator: torch.Generato
             owned[(info.name, k)] = param
             blobs.append(param)
         try:
-            module = defn.lower(info.param, LowerContext(info, analysis.phase, blobs))
+            module = defn.lower(info.param, LowerContext(info, analysis.phase, blobs, overwrite_ok))
         except NotImplementedError as exc:
             raise NetdefError(f"layer '{info.name}': {exc}") from None
         if "." in info.name:  # torch module names cannot hold dots (state_dict keys use them)
@@ -131,6 +156,18 @@ def build(analysis: NetAnalysis, *, fill: bool = True, generator: torch.Generato
     if device is not None:
         module.to(device)
     return module
+
+
+def _may_overwrite(info: LayerInfo, producer: dict[str, LayerInfo]) -> bool:
+    """May ``info`` (an in-place layer) write into its bottom tensor?  Only when nothing
+    else can see the old value: the bottom's producer is a real layer (not a net input,
+    whose tensor belongs to the caller, nor a Split, whose tops alias one tensor) whose
+    backward does not read its top (``LayerDef.top_saved_for_backward``)."""
+    if not (info.in_place and info.in_place[0] and info.bottoms):
+        return False
+    src = producer.get(info.bottoms[0])
+    return (src is not None and not src.defn.is_data and not src.is_split
+            and not src.defn.top_saved_for_backward)
 
 
 def _getitem(x: Any, i: int) -> Any:

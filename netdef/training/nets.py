@@ -34,6 +34,7 @@ class CompiledNet:
     module: Any  # netdef.lowering.module.CaffeNet
     sources: list[Any] = field(default_factory=list)  # DataSource / Prefetcher per data layer
     device: torch.device = torch.device("cpu")
+    runner: Any = None  # what forward calls instead of ``module`` (``--compile``)
 
     @property
     def loss_weights(self) -> dict[str, float]:
@@ -50,7 +51,7 @@ class CompiledNet:
 
     def forward(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Caffe's ``Net::Forward(&loss)``: outputs and Σ loss_weight·top (float32)."""
-        outputs = self.module(**self.next_inputs())
+        outputs = (self.runner or self.module)(**self.next_inputs())
         loss: torch.Tensor | None = None
         for top, w in self.module.netdef_loss_weights.items():
             term = outputs[top].sum() if w == 1 else w * outputs[top].sum()

@@ -114,8 +114,9 @@ class FixtureNet:
     inputs: dict[str, torch.Tensor]
 
 
-def build_fixture(kind: str, net: str) -> FixtureNet:
-    """The fixture's net built in phase TEST at the fixture's batch, with its weights."""
+def build_fixture(kind: str, net: str, *, overwrite: bool = True) -> FixtureNet:
+    """The fixture's net built in phase TEST at the fixture's batch, with its weights
+    (``overwrite=False``: in-place layers keep their bottom, see ``build``)."""
     from netdef.analysis.net import analyze
     from netdef.api import load_net
     from netdef.layers.registry import ShapeContext
@@ -129,7 +130,7 @@ def build_fixture(kind: str, net: str) -> FixtureNet:
         pytest.skip(f"{proto} not present")
     batch = m["blobs"][m["inputs"][0]][0]
     analysis = analyze(load_net(proto, phase="TEST"), ShapeContext(phase="TEST", batch=batch))
-    module = build(analysis, fill=False)
+    module = build(analysis, fill=False, overwrite=overwrite)
     if net in SMALL:
         params = stored_params(z)
     else:

@@ -63,7 +63,8 @@ def test_param_diffs_through_fx_forward(net):
 
 @pytest.mark.parametrize("net", ["lenet", "cifar10_quick"])
 def test_bottom_diffs_per_layer(net):
-    fx = build_fixture("backward", net)
+    # every blob version must survive to read its gradient: no in-place overwrites
+    fx = build_fixture("backward", net, overwrite=False)
     z = fx.z
     fx.inputs = {k: v.clone().requires_grad_() for k, v in fx.inputs.items()}
     fed, blobs = _fed_tensors(fx)
@@ -93,7 +94,7 @@ def test_backward_parity_can_fail():
     z = fx.z
     fx.module.zero_grad()
     relu = fx.module.get_submodule("relu1")
-    relu.fn = lambda x: x + (torch.relu(x) - x).detach()  # same forward, identity backward
+    relu.forward = lambda x: x + (torch.relu(x) - x).detach()  # same forward, identity backward
     out = fx.module(**fx.inputs)
     out["prob"].backward(torch.from_numpy(z["diff/prob"]))
     ref = z["param_diff/ip1/0"]

@@ -124,11 +124,17 @@ def caffe_tanh(x: Tensor) -> Tensor:
 def caffe_dropout(x: Tensor, dropout_ratio: float = 0.5, training: bool = False,
                   generator: torch.Generator | None = None) -> Tensor:
     """Dropout: TRAIN keeps each unit with probability ``1 - ratio`` and scales kept units by
-    ``1/(1 - ratio)``; TEST is the identity (no scaling)."""
+    ``1/(1 - ratio)``; TEST is the identity (no scaling).
+
+    Without a ``generator`` this is ``F.dropout`` (one fused Bernoulli draw; it computes
+    ``x * (mask / keep)``, equal to Caffe's ``x * mask * scale`` for a 0/1 mask); with one,
+    the mask comes from ``generator`` (``F.dropout`` takes none)."""
     if not training:
         return x
     if not 0.0 <= dropout_ratio < 1.0:
         raise ValueError("dropout_ratio must be in [0, 1)")
+    if generator is None:
+        return F.dropout(x, dropout_ratio, training=True)
     keep = 1.0 - dropout_ratio
     mask = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) < keep
     return x * mask.to(x.dtype) * (1.0 / keep)

@@ -1,0 +1,170 @@
+"""The performance paths of the lowering compute what the plain paths compute.
+
+* InnerProduct's weight-streaming GEMM (``W·xᵀ`` then a transposed view) and its custom
+  backward vs ``F.linear`` and a float64 numpy reference;
+* Caffe's in-place ReLU really writing into its bottom where that is safe, and not where
+  another reader could see it (net inputs, Split aliases, tops a backward reads);
+* Dropout through ``F.dropout`` keeps Caffe's scaling;
+* ``CompiledRunner`` falls back to eager, with one line, when inductor has no compiler;
+* ``prepare_host`` reports what it did.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from caffe_fixtures import net_of
+from netdef.lowering.ops.conv import linear
+
+RNG = np.random.default_rng(7)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("rows,k,n,bias", [(10, 300, 500, True), (3, 64, 7, False),
+                                           (64, 50, 500, True)])
+def test_weight_streaming_linear_matches_numpy_forward_and_backward(rows, k, n, bias):
+    x, w, b, g = randn(rows, k), randn(n, k), randn(n), randn(rows, n)
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    bt = torch.from_numpy(b).requires_grad_() if bias else None
+    y = linear(xt, wt, bt)
+    assert y.shape == (rows, n)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64) + (b if bias else 0)
+    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    y.backward(torch.from_numpy(g))
+    g64 = g.astype(np.float64)
+    np.testing.assert_allclose(xt.grad.numpy(), g64 @ w, rtol=0, atol=1e-5 * np.abs(g64 @ w).max())
+    np.testing.assert_allclose(wt.grad.numpy(), g64.T @ x, rtol=0,
+                               atol=1e-5 * np.abs(g64.T @ x).max())
+    if bias:
+        np.testing.assert_allclose(bt.grad.numpy(), g64.sum(0), rtol=0, atol=1e-5 * rows)
+
+
+def test_weight_streaming_linear_gradients_equal_f_linear_bit_for_bit():
+    """Same backward formulas as F.linear's: the gradients are identical, not just close."""
+    x, w, b, g = (torch.from_numpy(a) for a in (randn(10, 300), randn(500, 300), randn(500),
+                                                randn(10, 500)))
+    grads = []
+    for fn in (linear, F.linear):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        fn(*leaves).backward(g)
+        grads.append([t.grad for t in leaves])
+    for a, c in zip(*grads):
+        assert torch.equal(a, c)
+
+
+def test_inner_product_layer_uses_the_fast_path_and_keeps_caffe_shape():
+    body = ('layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" '
+            'inner_product_param { num_output: 40 weight_filler { type: "gaussian" std: 1 } '
+            'bias_filler { type: "gaussian" std: 1 } } }\n')
+    _, module = net_of(body, {"x": (6, 3, 4, 5)})
+    x = randn(6, 3, 4, 5)
+    y = module(x=torch.from_numpy(x))["y"]
+    assert y.shape == (6, 40) and y.stride() == (1, 6)  # the transposed view of W·xᵀ
+    w, b = (t.detach().numpy().astype(np.float64) for t in (module.fc.blob(0), module.fc.blob(1)))
+    ref = x.reshape(6, -1) @ w.T + b
+    np.testing.assert_allclose(y.detach().numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+CONV_RELU = ('layer { name: "conv" type: "Convolution" bottom: "x" top: "c" '
+             'convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" '
+             'std: 1 } } }\n'
+             'layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }\n')
+
+
+def test_in_place_relu_writes_into_the_conv_output_and_keeps_gradients():
+    from netdef.lowering.module import build
+
+    analysis, module = net_of(CONV_RELU, {"x": (2, 3, 6, 6)}, phase="TRAIN")
+    assert type(module.relu).__name__ == "LoweredInplaceReLU"
+    ref = build(analysis, fill=False, overwrite=False)  # the same net, every blob kept
+    ref.load_state_dict(module.state_dict())
+    assert type(ref.relu).__name__ == "LoweredNeuron"
+    x = torch.from_numpy(randn(2, 3, 6, 6))
+    seen = {}
+    module.conv.register_forward_hook(lambda m, i, o: seen.setdefault("conv", o))
+    y = module(x=x)["c"]
+    assert y.data_ptr() == seen["conv"].data_ptr()  # the same storage: no new blob
+    y2 = ref(x=x)["c"]
+    assert torch.equal(y, y2)
+    g = torch.from_numpy(randn(*y.shape))
+    y.backward(g)
+    y2.backward(g)
+    assert torch.equal(module.conv.blob(0).grad, ref.conv.blob(0).grad)
+
+
+@pytest.mark.parametrize("body,why", [
+    ('layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }\n', "a net input"),
+    ('layer { name: "s" type: "Sigmoid" bottom: "x" top: "s" }\n'
+     'layer { name: "relu" type: "ReLU" bottom: "s" top: "s" }\n', "Sigmoid's backward reads it"),
+    ('layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { '
+     'num_output: 2 kernel_size: 1 } }\n'
+     'layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }\n'
+     'layer { name: "other" type: "Sigmoid" bottom: "c" top: "o" }\n'
+     'layer { name: "relu2" type: "ReLU" bottom: "c" top: "c" }\n', "a Split alias"),
+])
+def test_in_place_relu_keeps_its_bottom_where_others_could_read_it(body, why):
+    analysis, module = net_of(body, {"x": (2, 2, 3, 3)}, phase="TRAIN")
+    last = [i for i in analysis.layers if i.type == "ReLU"][-1]
+    assert type(module.get_submodule(last.name)).__name__ == "LoweredNeuron", why
+    x = torch.from_numpy(randn(2, 2, 3, 3))
+    before = x.clone()
+    module(x=x)
+    assert torch.equal(x, before)  # the caller's input is never overwritten
+
+
+def test_dropout_train_keeps_caffe_scaling():
+    from netdef.lowering.ops.activation import caffe_dropout
+
+    torch.manual_seed(3)
+    x = torch.from_numpy(np.abs(randn(300, 400)) + 1).requires_grad_()
+    y = caffe_dropout(x, 0.25, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    scale = np.float32(1) / np.float32(0.75)
+    np.testing.assert_array_equal(y[kept].detach().numpy(), (x[kept] * scale).detach().numpy())
+    y.backward(torch.ones_like(y))
+    np.testing.assert_array_equal(x.grad.numpy(), kept.numpy() * scale)
+
+
+def test_compiled_runner_falls_back_to_eager_without_a_compiler(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from netdef.lowering.runtime import CompiledRunner
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    lines: list[str] = []
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
+    runner = CompiledRunner(net, log=lines.append)
+    x = torch.randn(3, 8)
+    y = runner(x)
+    assert torch.equal(y, net(x))
+    assert not runner.active and "C++ compiler" in runner.reason
+    assert len(lines) == 1 and lines[0].startswith("netdef: --compile unavailable (")
+    runner(x)
+    assert len(lines) == 1  # said once
+    torch._dynamo.reset()
+
+
+def test_compiled_runner_does_not_hide_the_nets_own_errors():
+    from netdef.lowering.runtime import CompiledRunner
+
+    runner = CompiledRunner(torch.nn.Linear(8, 4), log=lambda line: None, backend="eager")
+    with pytest.raises(Exception) as info:
+        runner(torch.randn(3, 5))  # a shape error of the net, not the compiler's
+    assert runner.active
+    assert "mat1 and mat2" in str(info.value) or "shape" in str(info.value)
+
+
+def test_prepare_host_reports_glibc_tuning(monkeypatch):
+    from netdef.lowering import runtime as rt
+
+    monkeypatch.setattr(rt, "_HOST_PREPARED", {})
+    monkeypatch.setenv("NETDEF_HOST_ALLOCATOR", "system")
+    assert rt.prepare_host() == {"allocator": "system", "reason": "NETDEF_HOST_ALLOCATOR=system"}
