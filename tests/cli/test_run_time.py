@@ -341,3 +341,41 @@ def test_time_per_layer_backward_equals_fused_autograd(tmp_path) -> None:
     assert set(stepped) == {k for k, p in module.named_parameters() if p.grad is not None}
     for k, p in module.named_parameters():
         torch.testing.assert_close(stepped[k], p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_run_compiled_lenet_matches_caffe(tmp_path, capsys, lenet_blobs) -> None:
+    """``--compile``: inductor's kernels give Caffe's outputs (same bound as eager)."""
+    torch._dynamo.reset()
+    x = tmp_path / "x.npy"
+    np.save(x, lenet_blobs["input/data"])
+    out_npz = tmp_path / "out.npz"
+    rc, out, err = _run(capsys, "run", LENET, "--weights", LENET_WEIGHTS, "--input",
+                        f"data={x}", "--save", out_npz, "--compile", "--top", "0")
+    assert rc == 0, err
+    assert "--compile unavailable" not in err  # this machine has a C++ compiler
+    want = lenet_blobs["data/prob"]
+    got = _npz(out_npz)["prob"]
+    assert got.shape == want.shape and np.abs(got - want).max() <= 3e-5 * np.abs(want).max()
+    torch._dynamo.reset()
+
+
+def test_time_compile_runs_the_whole_graph_and_falls_back_without_compiler(
+        capsys, monkeypatch) -> None:  # noqa: ANN001
+    need_lenet()
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    torch._dynamo.reset()
+    rc, out, err = _run(capsys, "time", LENET, "--phase", "TEST", "--batch", "4",
+                        "--iterations", "2", "--device", "cpu", "--compile")
+    torch._dynamo.reset()
+    assert rc == 0, err
+    assert sum("netdef: --compile unavailable (" in ln for ln in err.splitlines()) == 1
+    res = _parse_time(out)
+    assert res["layers"] == {}  # one graph: no per-layer lines
+    assert "Average time per layer: not measured (--compile runs the net as one graph)" in out
+    assert res["n"] == 2 and len(res["iterations"]) == 2
+    for key in ("Average Forward pass", "Average Backward pass", "Average Forward-Backward",
+                "Total Time"):
+        assert res[key] > 0
+    assert res["loss"] == 0
