@@ -413,11 +413,14 @@ class WholeNet:
         self.device, self.dtype, self.backward_on = device, dtype, backward
         self.runner = rt.CompiledRunner(module, log=lambda line: print(line, file=sys.stderr))
         self.outputs: dict = {}
+        self.layers = analysis.layers
+        self.f_timers: list = []  # no per-layer times: one graph
+        self.b_timers: list = []
         self.pass_timers = [rt.Timer(device) for _ in range(3)]
         self._clock = time.perf_counter
         self._compiled_in: float | None = None
 
-    def forward(self) -> float:
+    def forward(self, timers=None) -> float:  # noqa: ANN001 - StepNet's signature
         import torch
 
         from netdef.lowering import runtime as rt
@@ -435,7 +438,7 @@ class WholeNet:
         return sum(float(w) * float(self.outputs[t].detach().float().sum())
                    for t, w in weights.items())
 
-    def backward(self) -> None:
+    def backward(self, timers=None) -> None:  # noqa: ANN001 - StepNet's signature
         import torch
 
         roots, grads = [], []
@@ -450,30 +453,4 @@ class WholeNet:
         if roots:
             torch.autograd.backward(roots, grads)
 
-    def benchmark(self, iterations: int, log) -> _Result:  # noqa: ANN001
-        from netdef.lowering import runtime as rt
-
-        res = _Result(len(self.analysis.layers))
-        fwd, bwd, it = self.pass_timers
-        total = rt.Timer(self.device)
-        log("*** Benchmark begins ***")
-        log(f"Testing for {iterations} iterations.")
-        total.start()
-        for j in range(iterations):
-            it.start()
-            fwd.start()
-            self.forward()
-            fwd.stop()
-            if self.backward_on:
-                bwd.start()
-                self.backward()
-                bwd.stop()
-            it.stop()
-            res.forward_total += fwd.ms()
-            if self.backward_on:
-                res.backward_total += bwd.ms()
-            what = "forward-backward" if self.backward_on else "forward"
-            log(f"Iteration: {j + 1} {what} time: {_g(it.ms())} ms.")
-        total.stop()
-        res.total = total.ms()
-        return res
+    benchmark = StepNet.benchmark  # the same loop; no per-layer timers to read

@@ -52,3 +52,25 @@ def write(name: str, data: dict) -> Path:
     path.write_text(json.dumps(data, indent=1) + "\n")
     print(json.dumps(data, indent=1))
     return path
+
+
+class Budget:
+    """Seconds left of a benchmark's whole-run time limit."""
+
+    def __init__(self, seconds: float) -> None:
+        self.t0 = time.perf_counter()
+        self.seconds = seconds
+
+    @property
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.t0)
+
+
+def why(exc: BaseException) -> str:
+    """One line (≤ 600 chars) for a failure recorded in a result JSON: message + cause."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = f"{type(exc).__name__}: " + (" | ".join(lines[:4]) or "(no message)")
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip():
+        text += f" (cause: {type(cause).__name__}: {str(cause).strip().splitlines()[0]})"
+    return text[:600]

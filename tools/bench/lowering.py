@@ -52,7 +52,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, RESULTS, write  # noqa: E402
+from _common import REPO, RESULTS, Budget, why, write  # noqa: E402
 
 NETS = Path(__file__).resolve().parent / "nets"
 GOAL = 1.02
@@ -189,17 +189,9 @@ def train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list[nn
 
 class ImplFailed(RuntimeError):
     def __init__(self, impl: str, exc: BaseException) -> None:
-        super().__init__(f"{impl}: {type(exc).__name__}: {_why(exc)}")
+        super().__init__(f"{impl}: {why(exc)}")
         self.impl = impl
 
-
-def _why(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = " | ".join(lines[:4]) or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause).strip():
-        text += f" (cause: {type(cause).__name__}: {str(cause).strip().splitlines()[0]})"
-    return text[:600]
 
 
 def clock(fn: Callable[[], None]) -> tuple[float, float]:
@@ -208,15 +200,6 @@ def clock(fn: Callable[[], None]) -> tuple[float, float]:
     fn()
     return time.perf_counter() - t0, time.process_time() - c0
 
-
-class Budget:
-    def __init__(self, seconds: float) -> None:
-        self.t0 = time.perf_counter()
-        self.seconds = seconds
-
-    @property
-    def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.t0)
 
 
 def measure(fns: dict[str, Callable[[], None]], repeats: int, warmup: int,

@@ -76,7 +76,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, SHARED, write  # noqa: E402
+from _common import REPO, SHARED, Budget, why, write  # noqa: E402
 
 SEED = 1  # netdef's fillers (torch.Generator), as `netdef time --seed 1`
 INPUT_SEED = 2  # the input batch and G
@@ -201,14 +201,6 @@ def bench_inputs(batch: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torc
     return torch.randn((batch, *shape), generator=gen), torch.randn(batch, 1000, generator=gen)
 
 
-def _why(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    text = f"{type(exc).__name__}: " + (" | ".join(lines[:4]) or "(no message)")
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause).strip():
-        text += f" (cause: {type(cause).__name__}: {str(cause).strip().splitlines()[0]})"
-    return text[:600]
-
 
 class Worker:
     """One implementation of one net, in its own process; the parent calls its methods."""
@@ -276,7 +268,7 @@ def worker_main(conn, impl: str, name: str, batch: int, shape: tuple[int, ...], 
         w = Worker(impl, name, batch, shape, weights)
         conn.send(("ok", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("error", _why(exc)))
+        conn.send(("error", why(exc)))
         return
     while True:
         try:
@@ -289,7 +281,7 @@ def worker_main(conn, impl: str, name: str, batch: int, shape: tuple[int, ...], 
         try:
             conn.send(("ok", getattr(w, msg[0])(*msg[1:])))
         except BaseException as exc:  # noqa: BLE001
-            conn.send(("error", _why(exc)))
+            conn.send(("error", why(exc)))
 
 
 class WorkerError(RuntimeError):
@@ -336,7 +328,7 @@ class Pair:
         except (EOFError, OSError) as exc:
             code = self.procs[impl].exitcode
             self.broken = f"{impl} worker died (exit code {code})"
-            raise WorkerError(impl, f"worker died (exit code {code}): {_why(exc)}") from None
+            raise WorkerError(impl, f"worker died (exit code {code}): {why(exc)}") from None
         if status != "ok":
             raise WorkerError(impl, value)
         return value
@@ -379,15 +371,6 @@ class Pair:
 
 
 # --------------------------------------------------------------------------- parent
-
-class Budget:
-    def __init__(self, seconds: float) -> None:
-        self.t0 = time.perf_counter()
-        self.seconds = seconds
-
-    @property
-    def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.t0)
 
 
 def prepare_weights(name: str, batch: int, folder: str) -> tuple[str, tuple[int, ...], dict]:
@@ -648,8 +631,8 @@ def main() -> None:
             try:
                 bench_model(name, args, budget, variants, folder, out)
             except Exception as exc:  # noqa: BLE001 - record, go on with the next net
-                out["failures"].append({"model": name, "reason": _why(exc)})
-                print(f"    {name} failed: {_why(exc)}", file=sys.stderr, flush=True)
+                out["failures"].append({"model": name, "reason": why(exc)})
+                print(f"    {name} failed: {why(exc)}", file=sys.stderr, flush=True)
             gc.collect()
     results = out["results"]
     applies = [r for r in results if r["goal"]["applies"]]
