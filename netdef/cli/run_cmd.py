@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     device = rt.pick_device(args.device)
     dtype = rt.parse_dtype(args.dtype)
     rt.set_tf32(args.tf32)
-    rt.prepare_host()
+    rt.prepare_device(device)
 
     loaded = load_net(args.file, phase=args.phase or "TEST", level=args.level,
                       stages=tuple(args.stage))

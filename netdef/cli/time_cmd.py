@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     device = rt.pick_device(args.device)
     dtype = rt.parse_dtype(args.dtype)
     rt.set_tf32(args.tf32)
-    rt.prepare_host()
+    rt.prepare_device(device)
     analysis = analyze_from_args(args)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)

@@ -98,10 +98,9 @@ def _train(args: argparse.Namespace, device_arg: str | None, launch) -> int:  # 
     if args.weights:
         solver = update(solver, weights=tuple(weights))
     device = pick_device(solver, device_arg)
-    if device.type == "cpu":
-        from netdef.lowering.runtime import prepare_host
+    from netdef.lowering.runtime import prepare_device
 
-        prepare_host()
+    prepare_device(device)
     group = None
     if launch:
         device = dist.rank_device(device, launch)

@@ -54,7 +54,7 @@ import numpy as np
 from netdef.errors import DataError, Loc, NetdefError
 
 __all__ = [
-    "DTYPES", "prepare_host", "pick_device", "set_tf32", "parse_dtype", "autocast", "to_channels_last",
+    "DTYPES", "prepare_host", "prepare_device", "pick_device", "set_tf32", "parse_dtype", "autocast", "to_channels_last",
     "to_device", "synchronize", "Timer", "load_image", "resize_image", "load_mean",
     "fit_mean", "Preprocess", "preprocess", "read_array", "CompiledRunner",
 ]
@@ -104,6 +104,18 @@ def prepare_host() -> dict[str, object]:
     _HOST_PREPARED.update(allocator="glibc heap, no mmap, no trim" if ok else "system",
                           reason="mallopt" if ok else "mallopt refused")
     return dict(_HOST_PREPARED)
+
+
+def prepare_device(device) -> dict[str, object]:  # noqa: ANN001
+    """What ``run``/``time``/``train`` set up for ``device``: on the CPU
+    :func:`prepare_host`; on CUDA cuDNN's benchmark mode (Caffe nets have fixed shapes, so
+    the per-shape algorithm search is paid once, in the warm-up)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True
+        return {"cudnn_benchmark": True}
+    return prepare_host()
 
 
 # --------------------------------------------------------------------------- devices
