@@ -168,3 +168,23 @@ def test_prepare_host_reports_glibc_tuning(monkeypatch):
     monkeypatch.setattr(rt, "_HOST_PREPARED", {})
     monkeypatch.setenv("NETDEF_HOST_ALLOCATOR", "system")
     assert rt.prepare_host() == {"allocator": "system", "reason": "NETDEF_HOST_ALLOCATOR=system"}
+
+
+def test_lrn_under_torch_compile_matches_the_eager_op():
+    """Under inductor LRN takes F.local_response_norm's form (it fuses well); same values
+    and gradients as netdef's eager op (closed-form backward)."""
+    from netdef.lowering.ops.lrn import lrn_across_channels
+
+    torch._dynamo.reset()
+    x = torch.from_numpy(randn(2, 7, 5, 5) * 3)
+    compiled = torch.compile(lambda t: lrn_across_channels(t, 5, 0.3, 0.75, 2.0))
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    ya = compiled(a)
+    yb = lrn_across_channels(b, 5, 0.3, 0.75, 2.0)
+    assert float((ya - yb).abs().max()) <= 1e-5 * float(yb.abs().max())
+    g = torch.from_numpy(randn(2, 7, 5, 5))
+    ya.backward(g)
+    yb.backward(g)
+    assert float((a.grad - b.grad).abs().max()) <= 1e-5 * float(b.grad.abs().max())
+    torch._dynamo.reset()
