@@ -464,8 +464,11 @@ def _is_compiler_failure(exc: BaseException) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     cause = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    while True:  # the innermost error: chained causes, dynamo's wrapped backend failure
+        inner = cause.__cause__ or getattr(cause, "inner_exception", None)
+        if not isinstance(inner, BaseException) or inner is cause:
+            break
+        cause = inner
     lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
     text = lines[0] if lines else type(cause).__name__
     return f"{type(cause).__name__}: {text}"[:200]

@@ -362,9 +362,12 @@ def test_run_compiled_lenet_matches_caffe(tmp_path, capsys, lenet_blobs) -> None
 def test_time_compile_runs_the_whole_graph_and_falls_back_without_compiler(
         capsys, monkeypatch) -> None:  # noqa: ANN001
     need_lenet()
-    import torch._inductor.config as inductor_config
+    real_compile = torch.compile
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    def no_compiler(gm, example_inputs):  # noqa: ANN001, ANN202 - a failing dynamo backend
+        raise OSError("no working C++ compiler (test backend)")
+
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=no_compiler))
     torch._dynamo.reset()
     rc, out, err = _run(capsys, "time", LENET, "--phase", "TEST", "--batch", "4",
                         "--iterations", "2", "--device", "cpu", "--compile")

@@ -248,7 +248,8 @@ def test_py_imports_in_a_fresh_interpreter_with_only_torch(outdir: Path) -> None
     script = textwrap.dedent(f"""
         import importlib, importlib.abc, sys
         folder = {str(outdir)!r}
-        sys.path[:] = [folder] + [p for p in sys.path if p.startswith(sys.base_prefix)
+        own = (sys.prefix, sys.base_prefix)  # a venv's site-packages lies under sys.prefix
+        sys.path[:] = [folder] + [p for p in sys.path if p.startswith(own)
                                   and "__editable__" not in p]
 
         class NoNetdef(importlib.abc.MetaPathFinder):

@@ -132,16 +132,18 @@ def test_dropout_train_keeps_caffe_scaling():
     np.testing.assert_array_equal(x.grad.numpy(), kept.numpy() * scale)
 
 
-def test_compiled_runner_falls_back_to_eager_without_a_compiler(monkeypatch):
-    import torch._inductor.config as inductor_config
+def _no_compiler(gm, example_inputs):  # noqa: ANN001, ANN202 - a dynamo backend
+    """A compiler backend failing as inductor does without a C++ toolchain."""
+    raise OSError("no working C++ compiler (test backend)")
 
+
+def test_compiled_runner_falls_back_to_eager_without_a_compiler():
     from netdef.lowering.runtime import CompiledRunner
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
     torch._dynamo.reset()
     lines: list[str] = []
     net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU())
-    runner = CompiledRunner(net, log=lines.append)
+    runner = CompiledRunner(net, log=lines.append, backend=_no_compiler)
     x = torch.randn(3, 8)
     y = runner(x)
     assert torch.equal(y, net(x))
