@@ -73,8 +73,10 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    "available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="float32 (default) or autocast to bfloat16/float16")
-    p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory format for the module and 4-D inputs")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format for the module and 4-D inputs "
+                        "(default: on for convolutional nets on the CPU, where PyTorch's "
+                        "NHWC kernels are faster; --no-channels-last keeps NCHW)")
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 matmuls/convolutions on CUDA (default off)")
     p.add_argument("--compile", action="store_true",
@@ -155,9 +157,8 @@ def run(args: argparse.Namespace) -> int:
     module = build(analysis)
     _load_weights(module, analysis, args.weights)
     module.to(device)
-    if args.channels_last:
-        rt.to_channels_last(module)
-    inputs = {b: rt.to_device(torch.from_numpy(a), device, channels_last=args.channels_last)
+    channels_last = rt.choose_layout(module, device, args.channels_last)
+    inputs = {b: rt.to_device(torch.from_numpy(a), device, channels_last=channels_last)
               for b, a in arrays.items()}
 
     per_layer = None

@@ -89,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     module = build(analysis, generator=gen)
     module.to(device)
-    if args.channels_last:
-        rt.to_channels_last(module)
-    inputs = {name: rt.to_device(t, device, channels_last=args.channels_last)
+    channels_last = rt.choose_layout(module, device, args.channels_last)
+    inputs = {name: rt.to_device(t, device, channels_last=channels_last)
               for name, t in random_inputs(analysis, gen).items()}
     if args.forward_only and not args.no_fold:
         from netdef.lowering.fold import fold_inference

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile (inductor) the train and test nets; falls back to "
                         "eager with a one-line message when the compiler is unavailable")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format for the nets (default: on for "
+                        "convolutional nets on the CPU; --no-channels-last keeps NCHW)")
     p.add_argument("--gpus", metavar="IDS",
                    help="data-parallel on these GPUs, e.g. 0,1 or all (Caffe's -gpu): starts "
                         "torchrun with one process per GPU; each GPU trains the net's "
@@ -57,6 +60,10 @@ def _relaunch_args(args: argparse.Namespace) -> list[str]:
             tail += [flag, str(value)]
     if args.no_plot:
         tail.append("--no-plot")
+    if args.compile:
+        tail.append("--compile")
+    if args.channels_last is not None:
+        tail.append("--channels-last" if args.channels_last else "--no-channels-last")
     return tail
 
 
@@ -117,7 +124,8 @@ def _train(args: argparse.Namespace, device_arg: str | None, launch) -> int:  # 
         out.write("Initializing solver from parameters: \n" + to_text(solver))
         log: list[str] = []
         train, tests = compile_solver_nets(solver, args.solver, device=device, rank=rank,
-                                           world=world, log=log)
+                                           world=world, log=log,
+                                           channels_last=args.channels_last)
         out.write("".join(l + "\n" for l in log))
         out.write("Solver scaffolding done.\n")
         try:

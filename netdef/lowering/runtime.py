@@ -54,7 +54,7 @@ import numpy as np
 from netdef.errors import DataError, Loc, NetdefError
 
 __all__ = [
-    "DTYPES", "prepare_host", "prepare_device", "pick_device", "set_tf32", "parse_dtype", "autocast", "to_channels_last",
+    "DTYPES", "prepare_host", "prepare_device", "pick_device", "set_tf32", "parse_dtype", "autocast", "to_channels_last", "channels_last_pays", "choose_layout",
     "to_device", "synchronize", "Timer", "load_image", "resize_image", "load_mean",
     "fit_mean", "Preprocess", "preprocess", "read_array", "CompiledRunner",
 ]
@@ -179,6 +179,31 @@ def to_channels_last(module):  # noqa: ANN001, ANN201
     import torch
 
     return module.to(memory_format=torch.channels_last)
+
+
+def channels_last_pays(module, device) -> bool:  # noqa: ANN001
+    """netdef's default layout choice: channels-last on the CPU for nets with a 2-D
+    convolution (a 4-D learnable blob), NCHW elsewhere.
+
+    Why: PyTorch's CPU (oneDNN) kernels are much faster in NHWC where Caffe nets spend
+    their non-GEMM time — measured with torch 2.13 on 2 cores (``tools/bench/layout.py``):
+    AlexNet's pool1 max pool 9.1 ms NCHW vs 0.69 ms NHWC, convolutions equal or faster,
+    whole AlexNet/CaffeNet/GoogLeNet/VGG-16 forward and forward+backward faster.  On CUDA
+    it is left to ``--channels-last`` (not measured: no GPU was available to this project).
+    """
+    if getattr(device, "type", str(device)) != "cpu":
+        return False
+    return any(p.dim() == 4 for p in module.parameters())
+
+
+def choose_layout(module, device, choice: bool | None = None) -> bool:  # noqa: ANN001
+    """Put ``module`` in channels-last layout when ``choice`` says so (``--channels-last`` /
+    ``--no-channels-last``) or, with no choice, when :func:`channels_last_pays`; returns
+    whether it did (pass it on to :func:`to_device` for the inputs)."""
+    use = channels_last_pays(module, device) if choice is None else bool(choice)
+    if use:
+        to_channels_last(module)
+    return use
 
 
 def to_device(t, device, *, channels_last: bool = False):  # noqa: ANN001, ANN201

@@ -133,9 +133,14 @@ def _load(defn: NetParameter | str, solver_dir: Path | None) -> tuple[NetParamet
 
 def compile_solver_nets(solver: SolverParameter, solver_path: str | None, *, device: torch.device,
                         rank: int = 0, world: int = 1, log: list[str] | None = None,
-                        with_data: bool = True) -> tuple[CompiledNet, list[CompiledNet]]:
-    """Build the train net and the test nets (sharing the train net's parameters)."""
+                        with_data: bool = True, channels_last: bool | None = False
+                        ) -> tuple[CompiledNet, list[CompiledNet]]:
+    """Build the train net and the test nets (sharing the train net's parameters).
+
+    ``channels_last``: the nets' memory layout (``None``: netdef's default for the device,
+    :func:`netdef.lowering.runtime.channels_last_pays`)."""
     from netdef.lowering.module import build
+    from netdef.lowering.runtime import choose_layout
 
     log = log if log is not None else []
     solver_dir = Path(solver_path).resolve().parent if solver_path else None
@@ -152,6 +157,7 @@ def compile_solver_nets(solver: SolverParameter, solver_path: str | None, *, dev
         log.extend(analysis.log)
         module = build(analysis)
         module.to(device)
+        choose_layout(module, device, channels_last)
         module.train(phase == "TRAIN")
         compiled = CompiledNet(label, path or "inline", analysis, module, device=device)
         if with_data:

@@ -19,12 +19,12 @@ from netdef.cli.main import main
 from netdef.errors import NetdefError
 from netdef.layers.registry import ShapeContext
 
-# data 2×3×8×8 → conv 4@3×3 → in-place ReLU → MAX pool 2/2 → fc 5 → SoftmaxWithLoss
+# data 2×3×8×8 → conv 16@3×3 (oneDNN's channel block: no padding) → in-place ReLU → MAX pool 2/2 → fc 5 → SoftmaxWithLoss
 TINY = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" top: "label"
   input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-  convolution_param { num_output: 4 kernel_size: 3 } }
+  convolution_param { num_output: 16 kernel_size: 3 } }
 layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
   pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
@@ -45,17 +45,17 @@ def test_tiny_net_by_hand(tmp_path: Path) -> None:
     """Every byte of both peaks, worked out from the rules in the layer docstrings."""
     f = 4  # float32
     data, label = 2 * 3 * 8 * 8 * f, 2 * f
-    conv_top, pool_top, fc_top, loss_top = 2 * 4 * 6 * 6 * f, 2 * 4 * 3 * 3 * f, 2 * 5 * f, f
-    conv_w, conv_b, fc_w, fc_b = 4 * 3 * 3 * 3 * f, 4 * f, 5 * 36 * f, 5 * f
+    conv_top, pool_top, fc_top, loss_top = 2 * 16 * 6 * 6 * f, 2 * 16 * 3 * 3 * f, 2 * 5 * f, f
+    conv_w, conv_b, fc_w, fc_b = 16 * 3 * 3 * 3 * f, 16 * f, 5 * 144 * f, 5 * f
     params = conv_w + conv_b + fc_w + fc_b
-    indices = 2 * 4 * 3 * 3 * 8  # max pooling's int64 indices
+    indices = 2 * 16 * 3 * 3 * 8  # max pooling's int64 indices
     log_softmax, label_saved = fc_top, 2 * 12  # + int64 labels and float valid mask
     label_checks = 2 * 16
     conv_fwd_ws = max(data + conv_w, conv_top)  # oneDNN: reordered input+weight or output
     conv_bwd_ws = conv_top + data + conv_w  # reordered top diff, input, weight diff
 
     p = predict(_analyse(tmp_path, TINY))
-    assert p.param_bytes == p.learnable_bytes == params == 1188
+    assert p.param_bytes == p.learnable_bytes == params == 4692
     assert p.input_bytes == data + label
     assert p.backward_from == "loss"
 
@@ -64,7 +64,7 @@ def test_tiny_net_by_hand(tmp_path: Path) -> None:
     assert (inf.where, inf.params, inf.grads, inf.history) == ("forward conv", params, 0, 0)
     assert inf.activations == data + label + conv_top
     assert inf.workspace == conv_fwd_ws
-    assert inf.total == params + data + label + conv_top + conv_fwd_ws == 5852
+    assert inf.total == params + data + label + conv_top + conv_fwd_ws == 15452
 
     # training forward keeps: data (conv's input), the conv/ReLU buffer (ReLU's output,
     # pool's input), pool's indices, pool's top (fc's input), the log-softmax and labels;
@@ -79,7 +79,7 @@ def test_tiny_net_by_hand(tmp_path: Path) -> None:
     assert tr.grads == params
     assert tr.activations == data + label + loss_top + conv_top
     assert tr.workspace == conv_bwd_ws
-    assert tr.total == 3 * params + data + label + loss_top + conv_top + conv_bwd_ws == 9384
+    assert tr.total == 3 * params + data + label + loss_top + conv_top + conv_bwd_ws == 28104
     # the forward peak (conv with its workspace) and the loss layer stay below it
     fwd_conv = data + label + conv_top + conv_fwd_ws
     fwd_loss = (data + label + conv_top + indices + pool_top + fc_top + loss_top + log_softmax
@@ -109,7 +109,7 @@ def test_dropout_test_phase_is_free_and_train_keeps_a_mask(tmp_path: Path) -> No
                        'bottom: "pool" top: "pool" }\nlayer { name: "fc"')
     base = predict(_analyse(tmp_path, TINY))
     train = predict(_analyse(tmp_path, net))
-    pool_top = 2 * 4 * 3 * 3 * 4
+    pool_top = 2 * 16 * 3 * 3 * 4
     # TRAIN: a new top and the CPU's float32 noise are kept; the pool top itself is not
     # saved any more (fc reads dropout's top instead)
     assert train.saved_bytes == base.saved_bytes + pool_top

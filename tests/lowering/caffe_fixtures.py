@@ -114,13 +114,16 @@ class FixtureNet:
     inputs: dict[str, torch.Tensor]
 
 
-def build_fixture(kind: str, net: str, *, overwrite: bool = True) -> FixtureNet:
+def build_fixture(kind: str, net: str, *, overwrite: bool = True,
+                  channels_last: bool = False) -> FixtureNet:
     """The fixture's net built in phase TEST at the fixture's batch, with its weights
-    (``overwrite=False``: in-place layers keep their bottom, see ``build``)."""
+    (``overwrite=False``: in-place layers keep their bottom, see ``build``;
+    ``channels_last``: module and 4-D inputs in NHWC layout, netdef's CPU default)."""
     from netdef.analysis.net import analyze
     from netdef.api import load_net
     from netdef.layers.registry import ShapeContext
     from netdef.lowering.module import build
+    from netdef.lowering.runtime import choose_layout, to_device
     from netdef.lowering.weights import load
 
     m = meta(kind, net)
@@ -137,7 +140,10 @@ def build_fixture(kind: str, net: str, *, overwrite: bool = True) -> FixtureNet:
         params, _ = regenerate(m, inputs=False)
         check_sha256(m, params)
     load(module, params)
-    inputs = {name: torch.from_numpy(z[f"input/{name}"]) for name in m["inputs"]}
+    cpu = torch.device("cpu")
+    used = choose_layout(module, cpu, channels_last)
+    inputs = {name: to_device(torch.from_numpy(z[f"input/{name}"]), cpu, channels_last=used)
+              for name in m["inputs"]}
     return FixtureNet(m, analysis, module, z, inputs)
 
 

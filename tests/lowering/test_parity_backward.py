@@ -38,9 +38,10 @@ def _fed_tensors(fx):
     return fed, blobs
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("net", ["lenet", "cifar10_quick"])
-def test_param_diffs_through_fx_forward(net):
-    fx = build_fixture("backward", net)
+def test_param_diffs_through_fx_forward(net, layout):
+    fx = build_fixture("backward", net, channels_last=layout == "channels_last")
     z = fx.z
     data = {k: v.clone().requires_grad_() for k, v in fx.inputs.items()}
     fx.module.zero_grad()
@@ -61,10 +62,11 @@ def test_param_diffs_through_fx_forward(net):
             assert_close(data[name].grad, z[f"diff/{name}"], TOL, f"diff/{name}")
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("net", ["lenet", "cifar10_quick"])
-def test_bottom_diffs_per_layer(net):
+def test_bottom_diffs_per_layer(net, layout):
     # every blob version must survive to read its gradient: no in-place overwrites
-    fx = build_fixture("backward", net, overwrite=False)
+    fx = build_fixture("backward", net, overwrite=False, channels_last=layout == "channels_last")
     z = fx.z
     fx.inputs = {k: v.clone().requires_grad_() for k, v in fx.inputs.items()}
     fed, blobs = _fed_tensors(fx)

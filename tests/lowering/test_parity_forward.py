@@ -23,8 +23,10 @@ def _tol(fx, layer: str) -> float:
     return SOFTMAX_TOL if info.type == "Softmax" else TOL
 
 
-def _check_net(net: str) -> dict[str, float]:
-    fx = build_fixture("forward", net)
+def _check_net(net: str, layout: str = "nchw") -> dict[str, float]:
+    fx = build_fixture("forward", net, channels_last=layout == "channels_last")
+    if layout == "channels_last":
+        assert fx.inputs["data"].is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         per_layer = run_layers(fx.module, fx.analysis, fx.inputs)
         outputs = fx.module(**fx.inputs)
@@ -44,9 +46,13 @@ def _check_net(net: str) -> dict[str, float]:
     return errs
 
 
+LAYOUTS = pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("net", ["lenet", "cifar10_quick"])
-def test_small_net_forward_parity(net):
-    errs = _check_net(net)
+def test_small_net_forward_parity(net, layout):
+    errs = _check_net(net, layout)
     assert len(errs) == len(meta("forward", net)["layers"])  # every layer, the input too
 
 
@@ -67,8 +73,9 @@ def test_small_net_all_blobs(net="cifar10_quick"):
 
 @pytest.mark.parametrize("net", ["bvlc_alexnet", "bvlc_reference_caffenet", "bvlc_googlenet",
                                  "vgg16"])
-def test_big_net_forward_parity(net):
-    _check_net(net)
+@LAYOUTS
+def test_big_net_forward_parity(net, layout):
+    _check_net(net, layout)
 
 
 def test_regeneration_matches_stored_params():

@@ -189,3 +189,23 @@ def test_dtype_autocast_channels_last_and_timer() -> None:
     sum(range(1000))
     t.stop()
     assert t.ms() > 0
+
+
+def test_default_layout_is_channels_last_for_conv_nets_on_the_cpu() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    conv_net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                   torch.nn.Linear(4 * 3 * 3, 2))
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert rt.channels_last_pays(conv_net, cpu) is True
+    assert rt.channels_last_pays(mlp, cpu) is False
+    assert rt.channels_last_pays(conv_net, cuda) is False  # left to --channels-last there
+    # an explicit choice wins over the default, both ways
+    assert rt.choose_layout(conv_net, cpu, False) is False
+    assert not conv_net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 5, 5)
+    ref = conv_net(x)
+    assert rt.choose_layout(conv_net, cpu) is True
+    assert conv_net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    y = conv_net(rt.to_device(x, cpu, channels_last=True))
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-6)  # same math, another layout
+    assert rt.choose_layout(mlp, cpu, True) is True  # asked for: done (a no-op on 2-D)

@@ -284,10 +284,16 @@ def test_gpus_spec_and_relaunch_command() -> None:
         with pytest.raises(NetdefError):
             parse_gpus(bad, 3)
     args = argparse.Namespace(solver="s.prototxt", weights="w.caffemodel", snapshot=None,
-                              iterations=7, no_plot=True, device=None, gpus="0,1")
+                              iterations=7, no_plot=True, device=None, gpus="0,1",
+                              compile=False, channels_last=None)
     tail = _relaunch_args(args)
     assert tail == ["train", "s.prototxt", "--device", "cuda", "--weights", "w.caffemodel",
                     "--iterations", "7", "--no-plot"]
+    # the per-GPU processes get the same --compile and layout choice
+    more = argparse.Namespace(**{**vars(args), "compile": True, "channels_last": False})
+    assert _relaunch_args(more)[-2:] == ["--compile", "--no-channels-last"]
+    more.channels_last = True
+    assert _relaunch_args(more)[-1] == "--channels-last"
     cmd = launch_command(tail, 2)
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     assert cmd[6:8] == ["-m", "netdef"] and cmd[8:] == tail

@@ -13,7 +13,9 @@ The two implementations
   commands build them (``load_net`` → ``analyze`` → ``build``, weights from Caffe's
   fillers with a seeded ``torch.Generator``).  Everything netdef-specific happens in
   :func:`netdef_side` — the one place to change when netdef gains runtime set-up or
-  forward-only paths; it calls ``netdef.lowering.runtime.prepare_host()`` when present.
+  forward-only paths; it calls ``netdef.lowering.runtime.prepare_host()`` when present
+  and puts the module in the layout ``runtime.choose_layout`` picks (channels-last for
+  these conv nets on the CPU), converting each call's NCHW input inside the timed call.
 * **reference**: ``tools/bench/reference_nets.py`` (``nn.Conv2d``, ``nn.LocalResponseNorm``,
   ``ceil_mode`` max pools, ``nn.ReLU(inplace=True)``, ``nn.Dropout``, ``nn.Softmax``), run as
   a plain user runs it: fresh interpreter, default settings, ``model.eval()`` +
@@ -139,9 +141,9 @@ def netdef_side(name: str, batch: int, phase: str, *, compiled: bool = False
     ``phase`` is the phase the net is built in: the worker asks for ``"TEST"`` for the
     forward pass and ``"TRAIN"`` for forward+backward (it uses only that half of the pair).
     """
-    if not _HOST:
-        from netdef.lowering import runtime
+    from netdef.lowering import runtime
 
+    if not _HOST:
         prepare = getattr(runtime, "prepare_host", None)
         _HOST["prepare_host"] = (prepare() if prepare is not None
                                  else "netdef.lowering.runtime.prepare_host: not present")
@@ -153,18 +155,27 @@ def netdef_side(name: str, batch: int, phase: str, *, compiled: bool = False
 
         module.eval()
         module, _ = fold_inference(module)
+    # the layout netdef's commands pick (channels-last for conv nets on the CPU); the
+    # input is converted inside each timed call, as `netdef run`/`time`/`train` do
+    cpu = torch.device("cpu")
+    layout = getattr(runtime, "choose_layout", None)
+    channels_last = layout(module, cpu) if layout is not None else False
+    _HOST["channels_last"] = channels_last
     net = torch.compile(module) if compiled else module
+
+    def feed(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {data: runtime.to_device(x, cpu, channels_last=channels_last)}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         module.eval()
         with torch.inference_mode():
-            return net(**{data: x})["prob"]
+            return net(**feed(x))["prob"]
 
     def train_step(x: torch.Tensor, g: torch.Tensor) -> None:
         module.train()
         for p in params:  # what netdef's training loop does between iterations
             p.grad = None
-        loss = (net(**{data: x})["prob"] * g).sum()
+        loss = (net(**feed(x))["prob"] * g).sum()
         loss.backward()
 
     return forward, train_step

@@ -120,12 +120,17 @@ class _ConvBase(LayerDef):
         """Autograd keeps each bottom (and the weight, a param).  On the CPU oneDNN
         computes in a channel-blocked layout: forward holds the blocked output (about a
         top) or the reordered input + weight, whichever is larger, until the plain top
-        is written; backward reorders the top diff, the input and the weight diff."""
+        is written; backward reorders the top diff, the input and the weight diff.  The
+        convolution's blocked output pads its channels to oneDNN's AVX-512 block of 16
+        (measured on an AVX-512 EPYC: 8 output channels hold a 16-channel buffer)."""
+        axis = self._setup(layer, bottoms)[0]
         weight = nbytes(self.params(layer, bottoms)[0])
         fwd = bwd = 0
         if ctx.device == "cpu":
             for b, t in zip(bottoms, tops):  # deconvolution: two top-sized buffers
-                fwd = max(fwd, nbytes(b) + weight, nbytes(t) * (1 + self.deconv))
+                c = t[axis] if self.deconv else -(-t[axis] // 16) * 16
+                blocked = nbytes(t) // t[axis] * c
+                fwd = max(fwd, nbytes(b) + weight, blocked * (1 + self.deconv))
                 bwd = max(bwd, nbytes(t) + nbytes(b) + weight)
         return LayerMemory(saved=saves_bottoms(len(bottoms)), workspace=fwd,
                            backward_workspace=bwd)
