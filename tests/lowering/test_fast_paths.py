@@ -1,7 +1,7 @@
 """The performance paths of the lowering compute what the plain paths compute.
 
-* InnerProduct's weight-streaming GEMM (``W·xᵀ`` then a transposed view) and its custom
-  backward vs ``F.linear`` and a float64 numpy reference;
+* InnerProduct's oneDNN GEMMs (forward and the written-out backward) vs a float64 numpy
+  reference, and ``F.linear`` where the fast path does not apply;
 * Caffe's in-place ReLU really writing into its bottom where that is safe, and not where
   another reader could see it (net inputs, Split aliases, tops a backward reads);
 * Dropout through ``F.dropout`` keeps Caffe's scaling;
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from caffe_fixtures import net_of
-from netdef.lowering.ops.conv import linear
+from netdef.lowering.ops.gemm import MIN_WEIGHT, linear, onednn_linear_available
 
 RNG = np.random.default_rng(7)
 
@@ -25,15 +25,17 @@ def randn(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("rows,k,n,bias", [(10, 300, 500, True), (3, 64, 7, False),
-                                           (64, 50, 500, True)])
-def test_weight_streaming_linear_matches_numpy_forward_and_backward(rows, k, n, bias):
+@pytest.mark.parametrize("rows,k,n,bias", [(10, 300, 500, True), (1, 300, 500, False),
+                                           (64, 50, 700, True), (3, 64, 7, False)])
+def test_linear_matches_numpy_forward_and_backward(rows, k, n, bias):
+    """Both paths: oneDNN (the first three, weights of >= MIN_WEIGHT elements) and
+    F.linear (a 7×64 weight)."""
     x, w, b, g = randn(rows, k), randn(n, k), randn(n), randn(rows, n)
     xt = torch.from_numpy(x).requires_grad_()
     wt = torch.from_numpy(w).requires_grad_()
     bt = torch.from_numpy(b).requires_grad_() if bias else None
     y = linear(xt, wt, bt)
-    assert y.shape == (rows, n)
+    assert y.shape == (rows, n) and y.is_contiguous()
     ref = x.astype(np.float64) @ w.T.astype(np.float64) + (b if bias else 0)
     np.testing.assert_allclose(y.detach().numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
     y.backward(torch.from_numpy(g))
@@ -43,29 +45,40 @@ def test_weight_streaming_linear_matches_numpy_forward_and_backward(rows, k, n, 
                                atol=1e-5 * np.abs(g64.T @ x).max())
     if bias:
         np.testing.assert_allclose(bt.grad.numpy(), g64.sum(0), rtol=0, atol=1e-5 * rows)
+    with torch.inference_mode():  # the no-grad call takes the same GEMM
+        np.testing.assert_allclose(linear(xt, wt, bt).numpy(), ref, rtol=0,
+                                   atol=1e-5 * np.abs(ref).max())
 
 
-def test_weight_streaming_linear_gradients_equal_f_linear_bit_for_bit():
-    """Same backward formulas as F.linear's: the gradients are identical, not just close."""
-    x, w, b, g = (torch.from_numpy(a) for a in (randn(10, 300), randn(500, 300), randn(500),
-                                                randn(10, 500)))
-    grads = []
-    for fn in (linear, F.linear):
-        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
-        fn(*leaves).backward(g)
-        grads.append([t.grad for t in leaves])
-    for a, c in zip(*grads):
-        assert torch.equal(a, c)
+def test_linear_takes_onednn_for_big_float32_weights_only(monkeypatch):
+    """The path choice, observed: oneDNN's op is called for a 500×300 float32 weight, not
+    for a tiny one, not under autocast or for float64 (F.linear's casting rules apply)."""
+    assert onednn_linear_available()  # the CPU wheel this project pins ships oneDNN
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    import netdef.lowering.ops.gemm as gemm
+
+    monkeypatch.setattr(gemm, "_mm_t", lambda a, b, bias=None: calls.append(a.shape) or
+                        real(a, b, bias, "none", [], ""))
+    x, w = torch.from_numpy(randn(10, 300)), torch.from_numpy(randn(500, 300))
+    assert w.numel() >= MIN_WEIGHT
+    linear(x, w)
+    assert calls == [(10, 300)]
+    linear(x[:, :64], w[:7, :64])
+    with torch.autocast("cpu", torch.bfloat16):
+        assert linear(x, w).dtype == torch.bfloat16
+    assert linear(x.double(), w.double()).dtype == torch.float64
+    assert calls == [(10, 300)]
 
 
 def test_inner_product_layer_uses_the_fast_path_and_keeps_caffe_shape():
     body = ('layer { name: "fc" type: "InnerProduct" bottom: "x" top: "y" '
             'inner_product_param { num_output: 40 weight_filler { type: "gaussian" std: 1 } '
             'bias_filler { type: "gaussian" std: 1 } } }\n')
-    _, module = net_of(body, {"x": (6, 3, 4, 5)})
-    x = randn(6, 3, 4, 5)
+    _, module = net_of(body, {"x": (6, 64, 4, 5)})  # a 40×1280 weight: oneDNN's GEMM
+    x = randn(6, 64, 4, 5)
     y = module(x=torch.from_numpy(x))["y"]
-    assert y.shape == (6, 40) and y.stride() == (1, 6)  # the transposed view of W·xᵀ
+    assert y.shape == (6, 40) and y.is_contiguous()
     w, b = (t.detach().numpy().astype(np.float64) for t in (module.fc.blob(0), module.fc.blob(1)))
     ref = x.reshape(6, -1) @ w.T + b
     np.testing.assert_allclose(y.detach().numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())

@@ -13,6 +13,7 @@ Counting convention (whole batch, forward):
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Sequence
 
 from netdef.ir.schema import has
@@ -84,6 +85,20 @@ def weight_bias_fillers(p, n_blobs: int) -> list:  # noqa: ANN001
     return [p.weight_filler, p.bias_filler][:n_blobs]
 
 
+# InnerProduct runs oneDNN's GEMM on the CPU from this many weight elements (below, MKL's
+# smaller call overhead wins); netdef.lowering.ops.gemm reads it, the memory model too
+ONEDNN_GEMM_MIN_WEIGHT = 1 << 15
+
+
+def _cpu_threads() -> int:
+    """The intra-op threads torch will use, without importing it: ``OMP_NUM_THREADS``
+    when set, else the CPU count (torch's default on VMs without SMT siblings)."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 @register
 class InnerProduct(LayerDef):
     """Fully connected: flattens dims from ``axis`` (K) into num_output (N)."""
@@ -138,11 +153,20 @@ class InnerProduct(LayerDef):
 
     def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
-        """Keeps its (flattened) bottom; the weight is a param.  ``transpose`` with a bias
-        is a matmul then an add: the product is a temporary."""
-        p = layer.inner_product_param
-        return LayerMemory(saved=(Saved("bottom", 0),),
-                           workspace=nbytes(tops[0]) if p.transpose and p.bias_term else 0)
+        """Keeps its (flattened) bottom; the weight is a param; the bias is added inside
+        the GEMM.  On the CPU, weights of ``ONEDNN_GEMM_MIN_WEIGHT`` elements or more run
+        oneDNN's matmul (:mod:`netdef.lowering.ops.gemm`), whose scratchpad was measured
+        (torch 2.13, AVX-512): forward, one ``64 × k_block`` float buffer per thread
+        (``k_block`` = K rounded up to 16 up to 512, then 512 up to K = 1024, then 1024)
+        plus 1,664 B, only 1,536 B for one row; backward, a plain copy of the top diff for
+        the weight gradient."""
+        _, m, k, n = self._mkn(layer, bottoms)
+        if ctx.device != "cpu" or k * n < ONEDNN_GEMM_MIN_WEIGHT:
+            return LayerMemory(saved=(Saved("bottom", 0),))
+        k_block = -(-k // 16) * 16 if k <= 512 else 512 if k <= 1024 else 1024
+        fwd = 1536 if m == 1 else 1664 + _cpu_threads() * 256 * k_block
+        return LayerMemory(saved=(Saved("bottom", 0),), workspace=fwd,
+                           backward_workspace=nbytes(tops[0]))
 
 
 @register

@@ -9,12 +9,11 @@ Im2col's rows are ordered (c, kh, kw), the layout F.unfold produces.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._common import IntOrSeq, canonical_axis, expand
+from .gemm import linear
 
 __all__ = ["caffe_conv", "caffe_deconv", "caffe_im2col", "caffe_inner_product", "conv_output_size",
            "deconv_output_size", "linear"]
@@ -77,60 +76,6 @@ def caffe_im2col(x: Tensor, kernel: IntOrSeq, stride: IntOrSeq = 1, pad: IntOrSe
     return cols.reshape(x.shape[0], -1, oh, ow)
 
 
-class _WeightStreamingLinear(torch.autograd.Function):
-    """``W·xᵀ + b`` (the transposed output; :func:`linear` takes the view).
-
-    A custom Function because autograd's own backward of that form computes the input
-    gradient as ``Wᵀ·gᵀ`` with a transposed weight, which MKL runs 15× slower; here the
-    gradients take the forms of ``F.linear``'s backward (``g·W``, ``gᵀ·x``, Σg).  The
-    output is returned untransposed so that an in-place layer may write into its view.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _weight_streaming_t(x, weight, bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_t: Tensor):  # noqa: ANN001, ANN205
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        gx = torch.mm(grad_t.t(), weight) if need_x else None
-        gw = torch.mm(grad_t, x) if need_w else None
-        gb = grad_t.sum(1) if (need_b and ctx.has_bias) else None
-        return gx, gw, gb
-
-
-def _weight_streaming_t(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    xt = x.t()
-    return torch.mm(weight, xt) if bias is None else torch.addmm(bias.unsqueeze(1), weight, xt)
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear`` for a 2-D ``x``, faster on the CPU when the batch is small.
-
-    With few rows (a batch of 10 against AlexNet's 4096×9216 fc6) the product is bound by
-    reading the weight; MKL streams it twice as fast when the weight is the left operand
-    (``W·xᵀ``, measured 19 ms vs 35 ms for ``F.linear`` on fc6 here).  The result is the
-    transposed view of that product: same values up to summation order (float rounding),
-    same shape, column-major strides, which the next element-wise and fc layers read
-    as fast.  Elsewhere (CUDA, large batches, 1-row inputs) and inside traced or compiled
-    graphs (export, TorchScript, inductor, which choose their own GEMM) this is
-    ``F.linear``.
-    """
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return F.linear(x, weight, bias)  # graphs keep one op, batch-size independent
-    rows = x.shape[0] if x.dim() == 2 else 0
-    if x.device.type != "cpu" or not 1 < rows < weight.shape[0] or weight.dim() != 2:
-        return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return _WeightStreamingLinear.apply(x, weight, bias).t()
-    return _weight_streaming_t(x, weight, bias).t()
-
-
 def caffe_inner_product(x: Tensor, weight: Tensor, bias: Tensor | None = None, axis: int = 1,
                         transpose: bool = False) -> Tensor:
     """InnerProductLayer: flattens dims from ``axis`` (C-order); weight (out, K), or (K, out)
@@ -139,7 +84,4 @@ def caffe_inner_product(x: Tensor, weight: Tensor, bias: Tensor | None = None, a
     lead = tuple(x.shape[:axis])
     xf = x.reshape(lead + (-1,))
     b = None if bias is None else bias.reshape(-1)
-    if transpose:
-        y = torch.matmul(xf, weight)
-        return y if b is None else y + b
-    return linear(xf, weight, b)
+    return linear(xf, weight.t() if transpose else weight, b)
