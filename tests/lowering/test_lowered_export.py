@@ -18,6 +18,16 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
+@pytest.fixture(autouse=True)
+def _portable_gemm(monkeypatch):
+    """Traced and exported graphs keep F.linear for InnerProduct (portable; eager CPU runs
+    take oneDNN's GEMM, another summation order): the eager references here take it too,
+    so they are compared like for like at 1e-6."""
+    import netdef.lowering.ops.gemm as gemm
+
+    monkeypatch.setattr(gemm, "MIN_WEIGHT", 1 << 62)
+
+
 @pytest.fixture(scope="module")
 def lenet():
     from netdef.analysis.net import analyze
@@ -41,12 +51,7 @@ def test_state_dict_keys_are_caffe_blobs(lenet):
     assert "self.conv1(data)" in lenet.code
 
 
-def test_jit_trace(lenet, monkeypatch):
-    """A traced graph keeps F.linear for InnerProduct (portable; eager CPU runs take
-    oneDNN's GEMM, another summation order), so the eager reference takes it too."""
-    import netdef.lowering.ops.gemm as gemm
-
-    monkeypatch.setattr(gemm, "MIN_WEIGHT", 1 << 62)
+def test_jit_trace(lenet):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         ref = lenet(data=x)["prob"]

@@ -9,78 +9,97 @@ the weight gradient 15 → 5.5 ms, and 2–3× at batches 1–256 and on LeNet-s
 formulas of ``F.linear``'s backward) because the op has no autograd formula.
 
 Elsewhere — CUDA, non-float32 or autocast (whose casting rules only ``F.linear``
-follows), tiny weights (where oneDNN's ~10 µs call overhead loses), traced or compiled
+follows), tiny weights (where oneDNN's ~10 µs call overhead loses), traced or exported
 graphs (which keep one portable op), builds without oneDNN — this is ``F.linear``.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from netdef.layers.families.common import ONEDNN_GEMM_MIN_WEIGHT as MIN_WEIGHT
 
-__all__ = ["linear", "onednn_linear_available"]
+__all__ = ["linear", "mm", "mm_t", "onednn_linear_available"]
 
 
-@functools.cache
-def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's dense matmul op."""
+def _probe() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        op = torch.ops.mkldnn._linear_pointwise
-        x = torch.ones(2, 3)
-        return bool(torch.equal(op(x, torch.ones(4, 3), None, "none", [], ""),
-                                torch.full((2, 4), 3.0)))
+        out = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 3), torch.ones(4, 3), None,
+                                                 "none", [], "")
+        return bool(torch.equal(out, torch.full((2, 4), 3.0)))
     except (AttributeError, RuntimeError):
         return False
 
 
-def _mm_t(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a · b_tᵀ (+ bias)`` by oneDNN; ``b_t`` may be a transposed view (no copy)."""
-    return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
+_ONEDNN = _probe()  # once, at import: a plain bool that compiled graphs can guard on
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _mm_t(x, weight, bias)
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's dense matmul op."""
+    return _ONEDNN
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        grad = grad.contiguous()
-        gx = _mm_t(grad, weight.t()) if need_x else None
-        gw = _mm_t(grad.t(), x.t()) if need_w else None
-        gb = grad.sum(0) if (need_b and ctx.has_bias) else None
-        return gx, gw, gb
+
+# ``a · b_tᵀ (+ bias)`` by oneDNN as a custom op: eager calls pay one dispatch, and under
+# ``torch.compile`` inductor keeps it as an extern kernel (its own lowering of
+# ``F.linear`` is MKL's mm again) while fusing the element-wise work around it.
+@torch.library.custom_op("netdef::mm_t", mutates_args=())
+def mm_t(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a · b_tᵀ (+ bias)``; ``b_t`` may be a transposed view (oneDNN reads its strides)."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b_t, bias, "none", [], "")
+
+
+@mm_t.register_fake
+def _mm_t_shape(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    return a.new_empty(a.shape[0], b_t.shape[0])
+
+
+@torch.library.custom_op("netdef::mm", mutates_args=())
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a · b`` by oneDNN, the backward's GEMMs.  The transposed views are taken inside
+    the op so that a compiled graph hands it plain tensors (inductor materialised a
+    passed-in ``xᵀ`` view as a copy, and oneDNN ran fc6's weight gradient 2.4× slower)."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.t(), None, "none", [], "")
+
+
+@mm.register_fake
+def _mm_shape(a: Tensor, b: Tensor) -> Tensor:
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+def _mm_t_save(ctx, inputs, output) -> None:  # noqa: ANN001
+    a, b_t, *rest = inputs
+    ctx.save_for_backward(a, b_t)
+    ctx.has_bias = bool(rest) and rest[0] is not None
+
+
+def _mm_t_grad(ctx, grad: Tensor):  # noqa: ANN001, ANN202
+    """``F.linear``'s backward formulas: ``g·W``, ``gᵀ·x``, Σg (each a oneDNN GEMM)."""
+    a, b_t = ctx.saved_tensors
+    need_a, need_b, *need_bias = ctx.needs_input_grad
+    grad = grad.contiguous()
+    ga = mm(grad, b_t) if need_a else None  # g·W
+    gb = mm(grad.t(), a) if need_b else None  # gᵀ·x
+    gbias = grad.sum(0) if (any(need_bias) and ctx.has_bias) else None
+    return ga, gb, gbias
+
+
+mm_t.register_autograd(_mm_t_grad, setup_context=_mm_t_save)
 
 
 def _fast(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False  # first: a traced numel() or shape is a tensor, not a bool
-    return (x.device.type == "cpu" and x.dim() == 2 and weight.dim() == 2
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return False  # portable graphs keep F.linear (and a traced numel() is a tensor)
+    return (_ONEDNN and x.device.type == "cpu" and x.dim() == 2 and weight.dim() == 2
             and x.dtype == weight.dtype == torch.float32
             and (bias is None or bias.dtype == torch.float32)
-            and weight.numel() >= MIN_WEIGHT and x.shape[0] > 0
-            and not torch.is_autocast_enabled("cpu") and onednn_linear_available())
+            and weight.shape[0] * weight.shape[1] >= MIN_WEIGHT and x.shape[0] > 0
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)`` for a 2-D ``x``: same values up to summation order,
     a contiguous (rows, out) result; oneDNN on the CPU where that is faster (module doc)."""
-    if not _fast(x, weight, bias):
-        return F.linear(x, weight, bias)
-    x = x.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return _OneDNNLinear.apply(x, weight, bias)
-    return _mm_t(x, weight, bias)
+    return mm_t(x, weight, bias) if _fast(x, weight, bias) else F.linear(x, weight, bias)
