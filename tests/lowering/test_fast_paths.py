@@ -206,3 +206,53 @@ def test_lrn_under_torch_compile_matches_the_eager_op(layout):
     yb.backward(g)
     assert float((a.grad - b.grad).abs().max()) <= 1e-5 * float(b.grad.abs().max())
     torch._dynamo.reset()
+
+
+SMALL_CAFFENET = (
+    'layer { name: "conv" type: "Convolution" bottom: "x" top: "c" convolution_param { '
+    'num_output: 16 kernel_size: 3 stride: 2 weight_filler { type: "gaussian" std: 0.1 } } }\n'
+    'layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }\n'
+    'layer { name: "norm" type: "LRN" bottom: "c" top: "n" lrn_param { local_size: 5 '
+    'alpha: 0.001 beta: 0.75 } }\n'
+    'layer { name: "pool" type: "Pooling" bottom: "n" top: "p" pooling_param { pool: MAX '
+    'kernel_size: 3 stride: 2 } }\n'
+    'layer { name: "fc" type: "InnerProduct" bottom: "p" top: "f" inner_product_param { '
+    'num_output: 64 weight_filler { type: "gaussian" std: 0.05 } } }\n'
+    'layer { name: "prob" type: "Softmax" bottom: "f" top: "prob" }\n')
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_compiled_net_keeps_netdefs_ops_and_matches_eager(layout):
+    """Under torch.compile the GEMM, LRN and max pool reach inductor as netdef's opaque
+    ops (what makes a compiled net as fast as the eager one); the inductor-compiled net
+    gives eager's values and gradients in both layouts (their fake strides are right)."""
+    from netdef.lowering import runtime as rt
+
+    torch._dynamo.reset()
+    _, module = net_of(SMALL_CAFFENET, {"x": (4, 3, 33, 33)}, phase="TRAIN")
+    cpu = torch.device("cpu")
+    cl = rt.choose_layout(module, cpu, layout == "channels_last")
+    x = rt.to_device(torch.from_numpy(randn(4, 3, 33, 33)), cpu, channels_last=cl)
+    graphs = []
+
+    def capture(gm, example_inputs):  # noqa: ANN001, ANN202 - a dynamo backend
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch.compile(module, backend=capture)(x=x)
+    code = "".join(graphs)
+    for op in ("netdef.mm_t", "netdef.lrn_across_train", "netdef.max_pool2d"):
+        assert op in code, op
+    g = torch.from_numpy(randn(4, 64))
+    grads = []
+    for net in (module, torch.compile(module)):
+        for p in module.parameters():
+            p.grad = None
+        out = net(x=x)["prob"]
+        (out * g[:, :64]).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
+    (ya, ga), (yb, gb) = grads
+    assert float((ya - yb).abs().max()) <= 1e-6 * float(ya.abs().max())
+    for a, b in zip(ga, gb):
+        assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    torch._dynamo.reset()

@@ -395,7 +395,7 @@ def _define() -> list[type]:
 
     from netdef.lowering import functional as CF
     from netdef.lowering.module import LayerModule
-    from netdef.lowering.ops.pooling import pool_output_size
+    from netdef.lowering.ops.pooling import max_pool2d, pool_output_size
 
     conv_fns = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
     deconv_fns = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -539,7 +539,7 @@ def _define() -> list[type]:
                     if self.mask:
                         y, idx = F.max_pool2d(x, k, s, p, ceil_mode=cm, return_indices=True)
                         return y, idx.to(x.dtype)
-                    return F.max_pool2d(x, k, s, p, ceil_mode=cm)
+                    return max_pool2d(x, k, s, p, cm)
                 xp = F.pad(x, (p[1], self.extra[1], p[0], self.extra[0]), value=-flt_max)
                 oh, ow = self.out
                 if not self.mask:

@@ -58,10 +58,12 @@ def _mm_t_shape(a: Tensor, b_t: Tensor, bias: Tensor | None = None) -> Tensor:
 
 @torch.library.custom_op("netdef::mm", mutates_args=())
 def mm(a: Tensor, b: Tensor) -> Tensor:
-    """``a · b`` by oneDNN, the backward's GEMMs.  The transposed views are taken inside
-    the op so that a compiled graph hands it plain tensors (inductor materialised a
-    passed-in ``xᵀ`` view as a copy, and oneDNN ran fc6's weight gradient 2.4× slower)."""
-    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.t(), None, "none", [], "")
+    """``a · b`` by oneDNN, the backward's GEMMs.  ``b`` is made row-major and its
+    transposed view taken inside the op: a compiled graph may hand it a column-major
+    ``x`` (or a materialised ``xᵀ``), with which oneDNN ran fc6's weight gradient 2.4–4×
+    slower; the copy of a (batch × K) activation is small."""
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous().t(), None,
+                                              "none", [], "")
 
 
 @mm.register_fake
