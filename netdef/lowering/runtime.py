@@ -185,11 +185,12 @@ def channels_last_pays(module, device) -> bool:  # noqa: ANN001
     """netdef's default layout choice: channels-last on the CPU for nets with a 2-D
     convolution (a 4-D learnable blob), NCHW elsewhere.
 
-    Why: PyTorch's CPU (oneDNN) kernels are much faster in NHWC where Caffe nets spend
-    their non-GEMM time — measured with torch 2.13 on 2 cores (``tools/bench/layout.py``):
-    AlexNet's pool1 max pool 9.1 ms NCHW vs 0.69 ms NHWC, convolutions equal or faster,
-    whole AlexNet/CaffeNet/GoogLeNet/VGG-16 forward and forward+backward faster.  On CUDA
-    it is left to ``--channels-last`` (not measured: no GPU was available to this project).
+    Why: PyTorch's CPU kernels are faster in NHWC where Caffe nets spend their non-GEMM
+    time — measured with torch 2.13 on a 2-core AVX-512 EPYC (``tools/bench/layout.py``,
+    batch 10): AlexNet's pool1 max pool 8.2 ms NCHW vs 0.59 ms NHWC, its convolutions
+    2–11% faster, LRN and ReLU equal; whole nets NHWC/NCHW: AlexNet forward 0.73,
+    forward+backward 0.88, CaffeNet 0.71 / 0.85, GoogLeNet 0.44 / 0.72.  On CUDA it is
+    left to ``--channels-last`` (not measured: no GPU was available to this project).
     """
     if getattr(device, "type", str(device)) != "cpu":
         return False

@@ -93,10 +93,13 @@ def bench_ops(batch: int, repeats: int, warmup: int) -> dict[str, dict]:
                     if pass_name == "forward":
                         with torch.inference_mode():
                             return fn(xs[layout])
-                    xin = xs[layout].detach().requires_grad_(True)
+                    # conv1 reads the data, which needs no gradient in a net
+                    xin = xs[layout].detach().requires_grad_(not name.startswith("conv1"))
+                    if weight is not None:
+                        weight.grad = None  # the weight gradient as a step computes it
                     y = fn(xin)
                     y.backward(torch.ones_like(y))
-                    return xin.grad
+                    return xin.grad if xin.requires_grad else weight.grad
                 return call
             fns = {lay: make(lay) for lay in ("nchw", "nhwc")}
             agree = _rel(fns["nhwc"](), fns["nchw"]())
@@ -114,7 +117,7 @@ def net_pair(path, batch: int, phase: str) -> dict[str, Callable[[], torch.Tenso
     loaded = load_net(path, phase=phase)
     analysis = analyze(loaded, ShapeContext(phase=phase, batch=batch, base_dir=loaded.base_dir))
     g = torch.Generator().manual_seed(2)
-    x = torch.rand(batch, 3, *analysis.shapes[analysis.layers[0].tops[0]][2:], generator=g)
+    x = torch.rand(*analysis.blobs[analysis.inputs[0]], generator=g)
     grad = torch.rand(batch, 1000, generator=g)
     fns = {}
     for layout in ("nchw", "nhwc"):

@@ -68,7 +68,7 @@ class LRN(Elementwise):
 
     def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
-        """ACROSS_CHANNELS (netdef's autograd Function, ops/lrn.py) keeps x, ``scale``
+        """ACROSS_CHANNELS (netdef's custom ops, ops/lrn.py) keeps x, ``scale``
         and ``scale^-β``; its backward holds one temporary (``dy·x·scale^-β/scale``)
         beside the diff.  Without autograd the scale buffer becomes the top, with one
         temporary (x² or the square root).  WITHIN_CHANNEL is plain torch ops: x, x²

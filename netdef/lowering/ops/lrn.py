@@ -1,4 +1,4 @@
-"""Caffe LRN: ACROSS_CHANNELS (fast custom autograd) and WITHIN_CHANNEL.
+"""Caffe LRN: ACROSS_CHANNELS (custom ops with a closed-form backward) and WITHIN_CHANNEL.
 
 ACROSS_CHANNELS: ``scale = k + alpha/n * sum_{n channels, zero padded} x^2``,
 ``y = x * scale^-beta``.  The channel-window sum is done with ``n`` shifted slice adds
