@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from caffe_fixtures import net_of
-from netdef.lowering.ops.gemm import MIN_WEIGHT, linear, onednn_linear_available
+from netdef.layers.families.common import ONEDNN_GEMM_MIN_WEIGHT, onednn_gemm
+from netdef.lowering.ops.gemm import linear, onednn_linear_available
 
 RNG = np.random.default_rng(7)
 
@@ -28,8 +29,9 @@ def randn(*shape):
 @pytest.mark.parametrize("rows,k,n,bias", [(10, 300, 500, True), (1, 300, 500, False),
                                            (64, 50, 700, True), (3, 64, 7, False)])
 def test_linear_matches_numpy_forward_and_backward(rows, k, n, bias):
-    """Both paths: oneDNN (the first three, weights of >= MIN_WEIGHT elements) and
-    F.linear (a 7×64 weight)."""
+    """Both paths: oneDNN (10 and 64 rows, weights of >= ONEDNN_GEMM_MIN_WEIGHT elements)
+    and F.linear (one row of a 500×300 weight, a 7×64 weight)."""
+    assert onednn_gemm(rows, n * k) == (rows in (10, 64))
     x, w, b, g = randn(rows, k), randn(n, k), randn(n), randn(rows, n)
     xt = torch.from_numpy(x).requires_grad_()
     wt = torch.from_numpy(w).requires_grad_()
@@ -61,7 +63,9 @@ def test_linear_takes_onednn_for_big_float32_weights_only(monkeypatch):
     monkeypatch.setattr(gemm, "mm_t", lambda a, b, bias=None: calls.append(a.shape) or
                         real(a, b, bias))
     x, w = torch.from_numpy(randn(10, 300)), torch.from_numpy(randn(500, 300))
-    assert w.numel() >= MIN_WEIGHT
+    assert w.numel() >= ONEDNN_GEMM_MIN_WEIGHT
+    # one row: only weights as large as AlexNet's fc8 (4,096,000 elements) and up
+    assert onednn_gemm(1, 1000 * 4096) and not onednn_gemm(1, 500 * 800)
     linear(x, w)
     assert calls == [(10, 300)]
     linear(x[:, :64], w[:7, :64])

@@ -4,9 +4,11 @@ Why: ``F.linear`` runs MKL's sgemm, which on this project's 2-core AMD EPYC (AVX
 streams a batch-10 fc6 weight (4096×9216) at 8.5 GB/s of its 43; oneDNN's matmul
 (``torch.ops.mkldnn._linear_pointwise``, the dense-weight op inductor's CPU fusions
 emit) reaches the bandwidth: fc6 forward 17 → 5.1 ms, the input gradient 18 → 5.2 ms,
-the weight gradient 15 → 5.5 ms, and 2–3× at batches 1–256 and on LeNet-sized layers
-(``tools/bench/gemm.py``).  The backward is written out (``g·W``, ``gᵀ·x``, Σg: the
-formulas of ``F.linear``'s backward) because the op has no autograd formula.
+the weight gradient 15 → 5.5 ms; forward+backward 2.1–3.1× for AlexNet/VGG's fc layers
+at batches 10–256, 1.1–1.9× for LeNet's ip1 (``tools/bench/gemm.py``; one-row inputs
+use it only for large weights, :func:`netdef.layers.families.common.onednn_gemm`).  The
+backward is written out (``g·W``, ``gᵀ·x``, Σg: the formulas of ``F.linear``'s
+backward) because the op has no autograd formula.
 
 Elsewhere — CUDA, non-float32 or autocast (whose casting rules only ``F.linear``
 follows), tiny weights (where oneDNN's ~10 µs call overhead loses), traced or exported
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from netdef.layers.families.common import ONEDNN_GEMM_MIN_WEIGHT as MIN_WEIGHT
+from netdef.layers.families.common import onednn_gemm
 
 __all__ = ["linear", "mm", "mm_t", "onednn_linear_available"]
 
@@ -97,7 +99,7 @@ def _fast(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return (_ONEDNN and x.device.type == "cpu" and x.dim() == 2 and weight.dim() == 2
             and x.dtype == weight.dtype == torch.float32
             and (bias is None or bias.dtype == torch.float32)
-            and weight.shape[0] * weight.shape[1] >= MIN_WEIGHT and x.shape[0] > 0
+            and onednn_gemm(x.shape[0], weight.shape[0] * weight.shape[1])
             and not torch.is_autocast_enabled("cpu"))
 
 
