@@ -89,13 +89,14 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 def fast_runner(module, args: argparse.Namespace):  # noqa: ANN001, ANN201
     """The eval-mode ``module`` as ``run``/``time`` execute it: BatchNorm/Scale folded into
-    convolutions (unless ``--no-fold``) and ``torch.compile``d with ``--compile``."""
+    convolutions (unless ``--no-fold``) and ``torch.compile``d with ``--compile`` (weights
+    frozen in: these commands only run inference)."""
     from netdef.lowering import runtime as rt
     from netdef.lowering.fold import fold_inference
 
     if not getattr(args, "no_fold", False):
         module, _ = fold_inference(module)
-    return rt.CompiledRunner(module) if getattr(args, "compile", False) else module
+    return rt.CompiledRunner(module, freeze=True) if getattr(args, "compile", False) else module
 
 
 @dataclass

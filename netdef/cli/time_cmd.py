@@ -410,7 +410,8 @@ class WholeNet:
 
         self.module, self.analysis, self.inputs = module, analysis, inputs
         self.device, self.dtype, self.backward_on = device, dtype, backward
-        self.runner = rt.CompiledRunner(module, log=lambda line: print(line, file=sys.stderr))
+        self.runner = rt.CompiledRunner(module, log=lambda line: print(line, file=sys.stderr),
+                                        freeze=not backward)  # forward-only: inference
         self.outputs: dict = {}
         self.layers = analysis.layers
         self.f_timers: list = []  # no per-layer times: one graph

@@ -442,12 +442,21 @@ class CompiledRunner:
     C++ compiler for inductor's CPU kernels, or an op the compiler cannot take — the
     runner says so once in one line through ``log`` and runs the eager module from then
     on, so ``--compile`` never costs a user their run.  ``reason`` holds why (None: compiled).
+
+    ``freeze``: inference with fixed weights (``run``, ``time --forward-only``): inductor
+    folds the weights in as constants, prepacks them for oneDNN and fuses Convolution +
+    ReLU (measured forward at batch 10 on 2 cores: VGG-16 640 → 616 ms, AlexNet 43.6 →
+    42.5 ms against unfrozen).  Never for training or for test nets sharing a training
+    net's weights: a frozen graph does not see weight updates.
     """
 
-    def __init__(self, module, log=None, **options) -> None:  # noqa: ANN001
+    def __init__(self, module, log=None, *, freeze: bool = False, **options) -> None:  # noqa: ANN001
         import torch
 
         self.module = module
+        if freeze:
+            options["options"] = {**options.get("options", {}), "freezing": True}
+        self.options = options
         self.compiled = torch.compile(module, **options)
         self.reason: str | None = None
         self.log = log or (lambda line: print(line, file=__import__("sys").stderr))

@@ -260,3 +260,25 @@ def test_compiled_net_keeps_netdefs_ops_and_matches_eager(layout):
     for a, b in zip(ga, gb):
         assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
     torch._dynamo.reset()
+
+
+def test_frozen_compile_for_inference_matches_eager():
+    """``freeze=True`` (run, time --forward-only) turns on inductor's weight freezing; the
+    frozen net (prepacked oneDNN weights, Convolution+ReLU fused) gives eager's values."""
+    from netdef.lowering import runtime as rt
+
+    torch._dynamo.reset()
+    _, module = net_of(SMALL_CAFFENET, {"x": (4, 3, 33, 33)})
+    module.eval()
+    cpu = torch.device("cpu")
+    cl = rt.choose_layout(module, cpu)
+    x = rt.to_device(torch.from_numpy(randn(4, 3, 33, 33)), cpu, channels_last=cl)
+    runner = rt.CompiledRunner(module, freeze=True)
+    assert runner.options == {"options": {"freezing": True}}
+    assert rt.CompiledRunner(module).options == {}
+    with torch.inference_mode():
+        want = module(x=x)["prob"]
+        got = runner(x=x)["prob"]
+    assert runner.active
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    torch._dynamo.reset()

@@ -161,7 +161,10 @@ def netdef_side(name: str, batch: int, phase: str, *, compiled: bool = False
     layout = getattr(runtime, "choose_layout", None)
     channels_last = layout(module, cpu) if layout is not None else False
     _HOST["channels_last"] = channels_last
-    net = torch.compile(module) if compiled else module
+    # compiled as the commands compile: forward-only (`run`, `time --forward-only`)
+    # with the weights frozen in, training steps plain
+    net = (runtime.CompiledRunner(module, freeze=phase == "TEST") if compiled
+           else module)
 
     def feed(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {data: runtime.to_device(x, cpu, channels_last=channels_last)}
