@@ -42,9 +42,10 @@ grad) and ``forward+backward`` (train mode, dropout on, loss = ``(prob * G).sum(
 fixed random ``G`` of shape (batch, 1000)).  Variants: ``eager`` and, unless
 ``--no-compile``, ``compiled`` (``torch.compile`` default inductor on both sides; compile
 time is reported apart — first warm-up call minus the last; a failure is recorded with its
-reason).  Warm-up: ``--warmup`` calls eager (default 1), one more compiled; then
-``--repeats`` (default 5) timed calls each.  Reported per (model, variant, pass): both
-medians, ratio of medians, ratio of CPU-time medians, ratio of minima, all raw times, the
+reason).  Warm-up: ``--warmup`` calls eager (default 3: with 1, netdef's first timed
+forward+backward still ran 20–35% slower than its later calls), one more compiled;
+then ``--repeats`` (default 7) timed calls each.  Reported per (model, variant, pass):
+both medians, ratio of medians, ratio of CPU-time medians, ratio of minima, all raw times, the
 goal and whether it is met.  ``--budget-s`` bounds the run: a measurement whose estimate
 (from its warm-up) would overrun is skipped and recorded.
 
@@ -53,7 +54,7 @@ Caffe's own ``caffe time`` figures for the same nets (SECTION 2, the 3-iteration
 netdef/Caffe ratios: they come from the machine that built the fixtures, not this run.
 
     python tools/bench/vs_reference.py [--models alexnet,caffenet,googlenet,vgg16]
-        [--batch 10] [--repeats 5] [--warmup 1] [--no-compile] [--budget-s 3600]
+        [--batch 10] [--repeats 7] [--warmup 3] [--no-compile] [--budget-s 3600]
         [--out vs_reference]
 
 Result JSON: tools/bench/results/vs_reference.json
@@ -613,8 +614,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="alexnet,caffenet,googlenet,vgg16")
     ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1, help="eager warm-up calls (compiled: +1)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=3, help="eager warm-up calls (compiled: +1)")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--budget-s", type=float, default=3600.0)
     ap.add_argument("--call-timeout-s", type=float, default=1800.0,
