@@ -54,7 +54,8 @@ import numpy as np
 from netdef.errors import DataError, Loc, NetdefError
 
 __all__ = [
-    "DTYPES", "prepare_host", "prepare_device", "pick_device", "set_tf32", "parse_dtype", "autocast", "to_channels_last", "channels_last_pays", "choose_layout",
+    "DTYPES", "prepare_host", "prepare_device", "pick_device", "set_tf32", "parse_dtype",
+    "autocast", "to_channels_last", "channels_last_pays", "choose_layout",
     "to_device", "synchronize", "Timer", "load_image", "resize_image", "load_mean",
     "fit_mean", "Preprocess", "preprocess", "read_array", "CompiledRunner",
 ]
@@ -450,7 +451,8 @@ class CompiledRunner:
     net's weights: a frozen graph does not see weight updates.
     """
 
-    def __init__(self, module, log=None, *, freeze: bool = False, **options) -> None:  # noqa: ANN001
+    def __init__(self, module, log=None, *, freeze: bool = False,  # noqa: ANN001
+                 **options) -> None:
         import torch
 
         self.module = module

@@ -86,7 +86,8 @@ def weight_bias_fillers(p, n_blobs: int) -> list:  # noqa: ANN001
 
 
 # InnerProduct runs oneDNN's GEMM on the CPU from this many weight elements (below, MKL's
-# smaller call overhead wins); netdef.lowering.ops.gemm reads it, the memory model too
+# smaller call overhead wins); onednn_gemm is the one rule the lowering
+# (netdef.lowering.ops.gemm) and the memory model below both follow
 ONEDNN_GEMM_MIN_WEIGHT = 1 << 15
 ONEDNN_GEMM_MIN_WEIGHT_ONE_ROW = 1 << 20  # one input row: only large weights win (LeNet's
 # 500×800 ip1 at batch 1: 0.04 ms oneDNN vs 0.03 ms MKL; AlexNet's fc8 1.4× faster)
@@ -162,8 +163,9 @@ class InnerProduct(LayerDef):
     def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
         """Keeps its (flattened) bottom; the weight is a param; the bias is added inside
-        the GEMM.  On the CPU, where :func:`onednn_gemm` says so, it runs oneDNN's matmul (:mod:`netdef.lowering.ops.gemm`), whose scratchpad was measured
-        (torch 2.13, AVX-512): forward, one ``64 × k_block`` float buffer per thread
+        the GEMM.  On the CPU, where :func:`onednn_gemm` says so, it runs oneDNN's matmul
+        (:mod:`netdef.lowering.ops.gemm`), whose scratchpad was measured (torch 2.13,
+        AVX-512): forward, one ``64 × k_block`` float buffer per thread
         (``k_block`` = K rounded up to 16 up to 512, then 512 up to K = 1024, then 1024)
         plus 1,664 B, only 1,536 B for one row; backward, a plain copy of the top diff for
         the weight gradient."""
