@@ -189,25 +189,44 @@ def test_prepare_host_reports_glibc_tuning(monkeypatch):
     assert rt.prepare_host() == {"allocator": "system", "reason": "NETDEF_HOST_ALLOCATOR=system"}
 
 
+def _numpy_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    """Caffe's ACROSS_CHANNELS formula, channel by channel in float64."""
+    half, c = (size - 1) // 2, x.shape[1]
+    out = np.empty_like(x, dtype=np.float64)
+    for i in range(c):
+        window = (x[:, max(0, i - half):min(c, i + half + 1)].astype(np.float64) ** 2).sum(1)
+        out[:, i] = x[:, i] * (k + alpha / size * window) ** -beta
+    return out
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_lrn_under_torch_compile_matches_the_eager_op(layout):
-    """Under inductor LRN stays netdef's custom ops (opaque to it, their fake shapes and
-    strides match the real ones in both layouts): same values and gradients as eager."""
+@pytest.mark.parametrize("channels,size", [(7, 5), (3, 5), (4, 5), (5, 3), (16, 7)])
+def test_lrn_under_torch_compile_matches_the_eager_op(layout, channels, size):
+    """Under inductor LRN's forward is netdef's fusible formulation (window summed from
+    unpadded slices, edge channels apart — also when every channel is an edge) and its
+    backward netdef's op: same values as a float64 numpy reference and the same
+    gradients as eager, in both layouts, for training and for inference."""
     from netdef.lowering.ops.lrn import lrn_across_channels
 
     torch._dynamo.reset()
-    x = torch.from_numpy(randn(2, 7, 5, 5) * 3)
+    x = torch.from_numpy(randn(2, channels, 5, 5) * 3)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    compiled = torch.compile(lambda t: lrn_across_channels(t, 5, 0.3, 0.75, 2.0))
+    compiled = torch.compile(lambda t: lrn_across_channels(t, size, 0.3, 0.75, 2.0))
+    want = _numpy_lrn(x.numpy(), size, 0.3, 0.75, 2.0)
+    with torch.no_grad():
+        y0 = compiled(x)
+    assert np.abs(y0.numpy() - want).max() <= 1e-6 * np.abs(want).max()
     a = x.clone().requires_grad_()
     b = x.clone().requires_grad_()
     ya = compiled(a)
-    yb = lrn_across_channels(b, 5, 0.3, 0.75, 2.0)
-    assert float((ya - yb).abs().max()) <= 1e-5 * float(yb.abs().max())
-    g = torch.from_numpy(randn(2, 7, 5, 5))
+    yb = lrn_across_channels(b, size, 0.3, 0.75, 2.0)
+    assert ya.stride() == yb.stride()
+    assert np.abs(ya.detach().numpy() - want).max() <= 1e-6 * np.abs(want).max()
+    g = torch.from_numpy(randn(2, channels, 5, 5))
     ya.backward(g)
     yb.backward(g)
+    assert a.grad.stride() == x.stride()
     assert float((a.grad - b.grad).abs().max()) <= 1e-5 * float(b.grad.abs().max())
     torch._dynamo.reset()
 
@@ -227,9 +246,10 @@ SMALL_CAFFENET = (
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_compiled_net_keeps_netdefs_ops_and_matches_eager(layout):
-    """Under torch.compile the GEMM, LRN and max pool reach inductor as netdef's opaque
-    ops (what makes a compiled net as fast as the eager one); the inductor-compiled net
-    gives eager's values and gradients in both layouts (their fake strides are right)."""
+    """Under torch.compile the GEMM and max pool reach inductor as netdef's opaque ops,
+    LRN's forward and ReLU as plain tensor ops for it to fuse (what makes a compiled net
+    faster than the eager one); the inductor-compiled net gives eager's values and
+    gradients in both layouts (the fake strides are right)."""
     from netdef.lowering import runtime as rt
 
     torch._dynamo.reset()
@@ -245,8 +265,9 @@ def test_compiled_net_keeps_netdefs_ops_and_matches_eager(layout):
 
     torch.compile(module, backend=capture)(x=x)
     code = "".join(graphs)
-    for op in ("netdef.mm_t", "netdef.lrn_across_train", "netdef.max_pool2d"):
+    for op in ("netdef.mm_t", "netdef.max_pool2d"):
         assert op in code, op
+    assert "netdef.lrn_across" not in code
     g = torch.from_numpy(randn(4, 64))
     grads = []
     for net in (module, torch.compile(module)):
@@ -274,11 +295,65 @@ def test_frozen_compile_for_inference_matches_eager():
     cl = rt.choose_layout(module, cpu)
     x = rt.to_device(torch.from_numpy(randn(4, 3, 33, 33)), cpu, channels_last=cl)
     runner = rt.CompiledRunner(module, freeze=True)
-    assert runner.options == {"options": {"freezing": True}}
-    assert rt.CompiledRunner(module).options == {}
     with torch.inference_mode():
         want = module(x=x)["prob"]
-        got = runner(x=x)["prob"]
+        runner(x=x)  # compiles
+        with torch.profiler.profile() as prof:
+            got = runner(x=x)["prob"]
     assert runner.active
+    ops = {e.key for e in prof.key_averages()}
+    # frozen: Convolution + ReLU as one oneDNN primitive on prepacked weights
+    assert "mkldnn::_convolution_pointwise" in ops and "aten::mkldnn_convolution" not in ops
     assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    torch._dynamo.reset()
+
+
+CONCAT_OF_RELUS = (
+    'layer { name: "a" type: "Convolution" bottom: "x" top: "a" convolution_param { '
+    'num_output: 8 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+    'layer { name: "ra" type: "ReLU" bottom: "a" top: "a" }\n'
+    'layer { name: "b" type: "Convolution" bottom: "x" top: "b" convolution_param { '
+    'num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+    'layer { name: "rb" type: "ReLU" bottom: "b" top: "b" }\n'
+    'layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "c" }\n'
+    'layer { name: "m" type: "Convolution" bottom: "c" top: "m" convolution_param { '
+    'num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }\n')
+
+
+def test_compiled_training_keeps_relu_tops_not_bool_masks():
+    """GoogLeNet's pattern (ReLU'd branches into a Concat): the compiled training graph
+    saves float tops for ReLU's backward (netdef's opaque op), never a bool mask (which
+    inductor's CPU kernels store ~20x slower than the ReLU), and matches eager."""
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
+    from torch._dynamo.backends.common import aot_autograd
+
+    torch._dynamo.reset()
+    _, module = net_of(CONCAT_OF_RELUS, {"x": (2, 3, 6, 6)}, phase="TRAIN")
+    x = torch.from_numpy(randn(2, 3, 6, 6))
+    seen: dict[str, list] = {"fw": [], "bw": []}
+
+    def keep(kind):  # noqa: ANN001, ANN202
+        def compiler(gm, example_inputs):  # noqa: ANN001, ANN202
+            seen[kind].append(gm)
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    # inductor's partitioner (the one that chose the masks)
+    backend = aot_autograd(fw_compiler=keep("fw"), bw_compiler=keep("bw"),
+                           partition_fn=min_cut_rematerialization_partition)
+    out = torch.compile(module, backend=backend)(x=x)["m"]
+    g = torch.from_numpy(randn(*out.shape))
+    (out * g).sum().backward()
+    got = [p.grad.clone() for p in module.parameters()]
+    fw, = seen["fw"]
+    bw, = seen["bw"]
+    saved = [n for n in fw.graph.nodes if n.op == "output"][0].args[0][1:]
+    dtypes = {n.meta["val"].dtype for n in saved if hasattr(n, "meta") and "val" in n.meta}
+    assert torch.bool not in dtypes
+    assert sum("netdef.relu_backward" in str(n.target) for n in bw.graph.nodes) == 2
+    for p in module.parameters():
+        p.grad = None
+    (module(x=x)["m"] * g).sum().backward()
+    for a, p in zip(got, module.parameters()):
+        assert float((a - p.grad).abs().max()) <= 1e-5 * float(p.grad.abs().max())
     torch._dynamo.reset()

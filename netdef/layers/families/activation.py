@@ -60,9 +60,7 @@ class ReLU(_Neuron):
     def function(self, layer: "LayerParameter"):  # noqa: ANN201
         ns = float(layer.relu_param.negative_slope)
         if ns == 0.0:
-            import torch.nn.functional as F
-
-            return F.relu, {}
+            return _cf().relu, {}
         return _cf().caffe_relu, {"negative_slope": ns}
 
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
@@ -415,9 +413,7 @@ def _define() -> list[type]:
         overwritten, so it gets the out-of-place op."""
 
         def forward(self, x):  # noqa: ANN001, ANN201
-            if x.requires_grad and x.is_leaf:
-                return torch.relu(x)
-            return torch.relu_(x)
+            return CF.relu(x, inplace=not (x.requires_grad and x.is_leaf))
 
     class LoweredPReLU(LayerModule):
         """Learned slope for ``x <= 0``: per channel (axis 1) or one shared 0-D blob."""
