@@ -55,6 +55,12 @@ class LayerModule(nn.Module):
         weights and bias), or ``None`` when this layer cannot absorb it."""
         return None
 
+    # --- frozen inference (runtime.CompiledRunner(freeze=True)) --------------------------
+    def freeze_weights(self) -> None:
+        """Prepare copies of the weights laid out for inference kernels (InnerProduct:
+        oneDNN's blocked weight), used only by compiled graphs that run without grad.
+        The weights are then taken as fixed: call again after changing them."""
+
 
 @dataclass
 class LowerContext:

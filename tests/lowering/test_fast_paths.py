@@ -302,8 +302,16 @@ def test_frozen_compile_for_inference_matches_eager():
             got = runner(x=x)["prob"]
     assert runner.active
     ops = {e.key for e in prof.key_averages()}
-    # frozen: Convolution + ReLU as one oneDNN primitive on prepacked weights
+    # frozen: Convolution + ReLU as one oneDNN primitive on prepacked weights, and the
+    # InnerProduct on netdef's oneDNN-blocked copy of its weight
     assert "mkldnn::_convolution_pointwise" in ops and "aten::mkldnn_convolution" not in ops
+    assert module.fc.packed is not None and module.fc.packed.is_mkldnn
+    assert "mkldnn::_linear_pointwise" in ops and "netdef::mm_t" not in ops
+    with torch.inference_mode():  # eager calls keep the parameters
+        with torch.profiler.profile() as prof:
+            eager = module(x=x)["prob"]
+    assert "netdef::mm_t" in {e.key for e in prof.key_averages()}
+    assert torch.equal(eager, want)
     assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
     torch._dynamo.reset()
 

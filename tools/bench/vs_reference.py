@@ -610,6 +610,32 @@ def table(results: list[dict], skipped: list[dict], failures: list[dict]) -> str
     return "\n".join(lines)
 
 
+def machine_calibration() -> dict[str, float]:
+    """What bounds these nets on this machine, measured once before the workers start:
+    a channels-last 3x3 convolution's GFLOP/s (the convolutions run at about this on
+    both sides, so the ratios depend on how much of the time is *not* convolution) and
+    the copy bandwidth (what fc6/fc7's GEMMs at batch 10 are bound by)."""
+    x = torch.randn(10, 64, 56, 56).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3).contiguous(memory_format=torch.channels_last)
+    a = torch.randn(50_000_000)
+    b = torch.empty_like(a)
+
+    def best(fn: Callable[[], object], n: int = 7) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with torch.inference_mode():
+        conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1))
+        copy = best(lambda: b.copy_(a))
+    return {"conv3x3_gflops": round(2 * 10 * 64 * 64 * 9 * 56 * 56 / conv / 1e9, 1),
+            "copy_gb_per_s": round(2 * a.numel() * 4 / copy / 1e9, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="alexnet,caffenet,googlenet,vgg16")
@@ -637,6 +663,7 @@ def main() -> None:
 
     budget = Budget(args.budget_s)
     load0 = os.getloadavg()
+    calibration = machine_calibration()
     variants = ["eager"] + ([] if args.no_compile else ["compiled"])
     out: dict = {"param_counts": {}, "parity_eval_outputs": {}, "results": [], "skipped": [],
                  "failures": [], "workers": {},
@@ -705,6 +732,7 @@ def main() -> None:
                                                  if r.get("netdef_over_caffe_fixture") else None)
                                       for r in results if "netdef_over_caffe_fixture" in r},
         "workers": out["workers"],
+        "machine_calibration": calibration,
         "loadavg_start": load0, "loadavg_end": os.getloadavg(),
         "wall_s": round(time.perf_counter() - budget.t0, 1),
     }

@@ -13,6 +13,8 @@ Counting convention (whole batch, forward):
 """
 from __future__ import annotations
 
+import math
+
 import os
 from typing import TYPE_CHECKING, Sequence
 
@@ -158,7 +160,8 @@ class InnerProduct(LayerDef):
     def lower(self, layer: "LayerParameter", ctx):  # noqa: ANN001, ANN201
         p = layer.inner_product_param
         axis = canonical_axis(layer, p.axis, ctx.info.bottom_shapes[0])
-        return _torch.LoweredInnerProduct(ctx.blobs, axis, p.transpose)
+        rows = math.prod(ctx.info.bottom_shapes[0][:axis])
+        return _torch.LoweredInnerProduct(ctx.blobs, axis, p.transpose, rows)
 
     def memory(self, layer: "LayerParameter", bottoms: Sequence[Shape],
                tops: Sequence[Shape], ctx: MemoryContext) -> LayerMemory:
@@ -427,14 +430,23 @@ def _define() -> list[type]:
     class LoweredInnerProduct(LayerModule):
         """Flatten from ``axis`` (C-order), then ``x·Wᵀ + b`` (``x·W`` with ``transpose``)."""
 
-        def __init__(self, blobs, axis: int, transpose: bool) -> None:  # noqa: ANN001
+        def __init__(self, blobs, axis: int, transpose: bool, rows: int = 0  # noqa: ANN001
+                     ) -> None:
             super().__init__(blobs)
             self.axis, self.transpose = axis, transpose
             self.bias_term = len(blobs) > 1
+            self.rows = rows  # the GEMM's M at the analysed shapes (the packing's hint)
+            self.packed = None  # oneDNN-blocked weight of a frozen inference graph
+
+        def freeze_weights(self) -> None:
+            self.packed = None if self.transpose else CF.pack_weight(self.blob(0), self.rows)
 
         def forward(self, x):  # noqa: ANN001, ANN201
             x = x.flatten(self.axis)
             bias = self.blob(1) if self.bias_term else None
+            if (self.packed is not None and torch.compiler.is_compiling()
+                    and not torch.is_grad_enabled()):
+                return CF.linear_packed(x, self.packed, bias)
             if self.transpose:
                 y = torch.matmul(x, self.blob(0))
                 return y if bias is None else y + bias

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import IntOrSeq, canonical_axis, expand
-from .gemm import linear
+from .gemm import linear, linear_packed, pack_weight
 
 __all__ = ["caffe_conv", "caffe_deconv", "caffe_im2col", "caffe_inner_product", "conv_output_size",
-           "deconv_output_size", "linear"]
+           "deconv_output_size", "linear", "linear_packed", "pack_weight"]
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
