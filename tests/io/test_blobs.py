@@ -13,6 +13,7 @@ from netdef.io import (array_to_blob, blob_to_array, datum_to_array, decode_datu
                        encode_datum, read_blobproto, write_blobproto)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "train" / "data"
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="the Caffe fixtures (../shared) are not beside the repo")
 MEAN = DATA / "digits_mean.binaryproto"
 
 

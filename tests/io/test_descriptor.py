@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from google.protobuf import text_format
 
 import netdef.ir.messages as M
@@ -42,6 +43,7 @@ def test_defaults_follow_the_schema() -> None:
             assert got == want, (name, spec.name, got, want)
 
 
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the Caffe fixtures (../shared) are not beside the repo")
 def test_google_text_format_parses_alexnet_deploy() -> None:
     text = ALEXNET.read_text()
     net = text_format.Parse(text, message_class("NetParameter")())

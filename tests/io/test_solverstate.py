@@ -13,6 +13,7 @@ from netdef.errors import WeightsError
 from netdef.io import make_solverstate, read_solverstate, solverstate_history, write_solverstate
 
 TRAIN = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "train"
+pytestmark = pytest.mark.skipif(not TRAIN.is_dir(), reason="the Caffe fixtures (../shared) are not beside the repo")
 STATES = sorted(TRAIN.glob("cases/*/snap_iter_*.solverstate"))
 # parameter order of digits_net: what every history blob is shaped like
 PARAMS = ["conv1/0", "conv1/1", "conv2/0", "conv2/1", "ip1/0", "ip1/1", "ip2/0", "ip2/1"]

@@ -18,6 +18,7 @@ from netdef.ir.schema import fields_of, has, is_message_class, make, present
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 FIX = SHARED / "fixtures"
+pytestmark = pytest.mark.skipif(not FIX.is_dir(), reason="the Caffe fixtures (../shared) are not beside the repo")
 SETTINGS = settings(max_examples=250, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
