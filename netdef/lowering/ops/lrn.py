@@ -1,4 +1,5 @@
-"""Caffe LRN: ACROSS_CHANNELS (custom ops with a closed-form backward) and WITHIN_CHANNEL.
+"""Caffe LRN: ACROSS_CHANNELS (custom ops with a closed-form backward; a fusible forward
+under torch.compile) and WITHIN_CHANNEL.
 
 ACROSS_CHANNELS: ``scale = k + alpha/n * sum_{n channels, zero padded} x^2``,
 ``y = x * scale^-beta``.  The channel-window sum is done with ``n`` shifted slice adds
@@ -52,11 +53,11 @@ def _scale(x: Tensor, size: int, alpha: float, k: float) -> Tensor:
     return scale.mul_(alpha / size).add_(k)
 
 
-# ACROSS_CHANNELS as custom ops: eager calls run them directly, and under torch.compile
-# inductor keeps them opaque.  Measured (AlexNet, batch 10, 2 cores): inductor's own
-# lowering of the LRN formula (an average pool over a padded channel axis) took 27 ms
-# forward and 46 ms backward for the two LRN layers, against ~6 ms here, and fused the
-# in-place form into the next max pool, recomputing the window per pooling tap.
+# ACROSS_CHANNELS as custom ops: eager calls run them directly; under torch.compile the
+# backward stays this opaque op (the forward is inductor's, see _FusibleLRN below).
+# Measured (AlexNet, batch 10, 2 cores): inductor's own lowering of F.local_response_norm
+# (an average pool over a padded channel axis) took 27 ms forward and 46 ms backward for
+# the two LRN layers, against ~6 ms here.
 @torch.library.custom_op("netdef::lrn_across", mutates_args=())
 def _lrn_across_op(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     """Inference: no saved tensors, the scale buffer becomes the output."""
