@@ -79,7 +79,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO, SHARED, Budget, why, write  # noqa: E402
+from _common import REPO, SHARED, Budget, timeit, why, write  # noqa: E402
 
 SEED = 1  # netdef's fillers (torch.Generator), as `netdef time --seed 1`
 INPUT_SEED = 2  # the input batch and G
@@ -620,18 +620,9 @@ def machine_calibration() -> dict[str, float]:
     a = torch.randn(50_000_000)
     b = torch.empty_like(a)
 
-    def best(fn: Callable[[], object], n: int = 7) -> float:
-        fn()
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
     with torch.inference_mode():
-        conv = best(lambda: torch.nn.functional.conv2d(x, w, padding=1))
-        copy = best(lambda: b.copy_(a))
+        conv = timeit(lambda: torch.nn.functional.conv2d(x, w, padding=1), 7)["min_s"]
+        copy = timeit(lambda: b.copy_(a), 7)["min_s"]
     return {"conv3x3_gflops": round(2 * 10 * 64 * 64 * 9 * 56 * 56 / conv / 1e9, 1),
             "copy_gb_per_s": round(2 * a.numel() * 4 / copy / 1e9, 1)}
 
