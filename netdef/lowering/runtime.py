@@ -447,8 +447,9 @@ class CompiledRunner:
     ``freeze``: inference with fixed weights (``run``, ``time --forward-only``): inductor
     folds the weights in as constants, prepacks them for oneDNN and fuses Convolution +
     ReLU into ``mkldnn::_convolution_pointwise``; InnerProduct layers run on a oneDNN-
-    blocked copy of their weight (:meth:`LayerModule.freeze_weights`, made here).  Never for training or for test nets
-    sharing a training net's weights: a frozen graph does not see weight updates.  The
+    blocked copy of their weight (:meth:`LayerModule.freeze_weights`, made here).  Never
+    for training or for test nets sharing a training net's weights: a frozen graph does
+    not see weight updates.  The
     setting is inductor's global ``config.freezing``, patched around each call (the
     compile happens inside the first): torch 2.13 ignores ``torch.compile(options=
     {"freezing": True})`` — the graph kept its weights as inputs and no fusion ran.

@@ -14,7 +14,6 @@ Counting convention (whole batch, forward):
 from __future__ import annotations
 
 import math
-
 import os
 from typing import TYPE_CHECKING, Sequence
 

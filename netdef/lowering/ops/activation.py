@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["relu", "caffe_relu", "caffe_prelu", "caffe_elu", "caffe_power", "caffe_exp", "caffe_log",
-           "caffe_bnll", "caffe_threshold", "caffe_swish", "caffe_clip", "caffe_absval",
-           "caffe_sigmoid", "caffe_tanh", "caffe_dropout"]
+__all__ = ["relu", "caffe_relu", "caffe_prelu", "caffe_elu", "caffe_power", "caffe_exp",
+           "caffe_log", "caffe_bnll", "caffe_threshold", "caffe_swish", "caffe_clip",
+           "caffe_absval", "caffe_sigmoid", "caffe_tanh", "caffe_dropout"]
 
 
 # ReLU's backward as an opaque op for training under torch.compile.  Inductor's
