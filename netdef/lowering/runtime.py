@@ -449,10 +449,10 @@ class CompiledRunner:
     ReLU into ``mkldnn::_convolution_pointwise``; InnerProduct layers run on a oneDNN-
     blocked copy of their weight (:meth:`LayerModule.freeze_weights`, made here).  Never
     for training or for test nets sharing a training net's weights: a frozen graph does
-    not see weight updates.  The
-    setting is inductor's global ``config.freezing``, patched around each call (the
-    compile happens inside the first): torch 2.13 ignores ``torch.compile(options=
-    {"freezing": True})`` — the graph kept its weights as inputs and no fusion ran.
+    not see weight updates.  The setting is inductor's global ``config.freezing``,
+    patched around each call (the compile happens inside the first): torch 2.13 ignores
+    ``torch.compile(options={"freezing": True})`` — the graph kept its weights as inputs
+    and no fusion ran.
     """
 
     def __init__(self, module, log=None, *, freeze: bool = False,  # noqa: ANN001
